@@ -1,0 +1,192 @@
+"""The SSA network: frame stage (per frame, chunkable) then video stage (all frames at once).
+
+Shape alphabet: B clips, T frames, N queries, C hidden width, H, W pixels. Frames are handled as
+B*T images (b-major) in the frame stage; nothing assumes one clip per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .clip_backbone import ClipBackbone, TextFeatures
+from .config import SSAConfig
+from .frame_decoder import FrameDecoder
+from .pixel_decoder import PixelDecoder
+from .video_decoder import VideoDecoder
+
+
+class SentenceProjection(nn.Module):
+    """CLIP sentence feature -> decoder width: Linear, LayerNorm (eps 1e-12), dropout."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.norm = nn.LayerNorm(out_dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.norm(self.fc(x)))
+
+
+@dataclass
+class FrameStageOutput:
+    """Per-frame results for B*T frames (b-major).
+
+    logits: (Lf + 1, BT, N, 2); masks: (Lf + 1, BT, N, H/4, W/4); queries: (K, BT, N, C) the
+    normed queries of the last K frame-decoder layers; sentence: (BT, C) the tokens s_t;
+    mask_features: (BT, Cm, H/4, W/4) frame level; video_mask_features: (BT, Cm, H/4, W/4).
+    """
+
+    logits: Tensor
+    masks: Tensor
+    queries: Tensor
+    sentence: Tensor
+    mask_features: Tensor
+    video_mask_features: Tensor
+
+
+@dataclass
+class SSAOutput:
+    """Everything the losses and the inference need, for B clips of T frames.
+
+    K is the number of frame-decoder layers whose queries feed the video stage (3 in training,
+    1 in eval); each acts as an extra batch entry there.
+
+    frame_logits: (Lf + 1, B, T, N, 2)       frame_masks: (Lf + 1, B, T, N, H/4, W/4)
+    frame_queries: (K, B, T, N, C)           sentence_tokens: (B, T, C)
+    mask_features: (B, T, Cm, H/4, W/4)      video_mask_features: (B, T, Cm, H/4, W/4)
+    video_logits: (Lv, K, B, N, 2)           video_mask_embed: (Lv, K, B, N, Cm)
+    video_sim_embed: (Lv, K, B, N, C)        frame_sim_embed: (K, B, T, N, C)
+    trajectory: (K, B, T, N)                 image_size / padded_size: (H, W) before / after padding
+    """
+
+    frame_logits: Tensor
+    frame_masks: Tensor
+    frame_queries: Tensor
+    sentence_tokens: Tensor
+    mask_features: Tensor
+    video_mask_features: Tensor
+    video_logits: Tensor
+    video_mask_embed: Tensor
+    video_sim_embed: Tensor
+    frame_sim_embed: Tensor
+    trajectory: Tensor
+    image_size: tuple[int, int]
+    padded_size: tuple[int, int]
+
+    def video_masks(self, layer: int = -1) -> Tensor:
+        """Mask logits of one video-decoder layer at stride 4: (K, B, N, T, H/4, W/4)."""
+        return torch.einsum("kbnc,btchw->kbnthw", self.video_mask_embed[layer], self.video_mask_features)
+
+    def video_scores(self, layer: int = -1) -> Tensor:
+        """Foreground probability of every video query: (K, B, N)."""
+        return self.video_logits[layer].softmax(-1)[..., 0]
+
+
+class SSA(nn.Module):
+    def __init__(
+        self,
+        *,
+        backbone: ClipBackbone,
+        sentence_proj: SentenceProjection,
+        pixel_decoder: PixelDecoder,
+        frame_decoder: FrameDecoder,
+        video_decoder: VideoDecoder,
+        config: SSAConfig,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sentence_proj = sentence_proj
+        self.pixel_decoder = pixel_decoder
+        self.frame_decoder = frame_decoder
+        self.video_decoder = video_decoder
+        self.config = config
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, frames: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """frames: (..., 3, H, W) RGB on a 0-255 scale -> normalised (..., 3, Hp, Wp) padded with
+        zeros at the bottom/right to a multiple of 32, and the unpadded (H, W).
+
+        Padding happens after normalising, so the padded area is the mean colour's zero.
+        """
+        H, W = frames.shape[-2:]
+        x = (frames.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
+        d = self.config.size_divisibility
+        pad_h, pad_w = (-H) % d, (-W) % d
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x, (H, W)
+
+    def encode_text(self, texts: list[str]) -> TextFeatures:
+        return self.backbone.encode_text(texts)
+
+    def forward_frames(self, images: Tensor, text: TextFeatures, *, query_layers: int | None = None) -> FrameStageOutput:
+        """Frame stage on BT preprocessed images; ``text`` holds one entry per image."""
+        k = query_layers or (self.config.frame_decoder.train_query_layers if self.training else 1)
+        features = self.backbone(images, text)
+        sentence = self.sentence_proj(text.sentence)[:, None, :]  # (BT, 1, C)
+        pix = self.pixel_decoder(features, sentence)
+        frames = self.frame_decoder(multi_scale=pix.multi_scale, mask_features=pix.mask_features, sentence=pix.sentence)
+        return FrameStageOutput(
+            logits=frames.logits,
+            masks=frames.masks,
+            queries=frames.queries[-k:],
+            sentence=pix.sentence[:, 0],
+            mask_features=pix.mask_features,
+            video_mask_features=self.video_decoder.mask_features(pix.fpn),
+        )
+
+    def forward_video(self, frame_queries: Tensor, sentence_tokens: Tensor):
+        """frame_queries: (K, B, T, N, C); sentence_tokens: (B, T, C). The K query layers are
+        folded into the batch; returns the video decoder output with leading (K, B) dims."""
+        K, B = frame_queries.shape[:2]
+        out = self.video_decoder(
+            frame_queries.flatten(0, 1), sentence_tokens.repeat(K, 1, 1)
+        )
+        unfold = lambda t, lead: t.unflatten(lead, (K, B))  # noqa: E731
+        out.logits = unfold(out.logits, 1)
+        out.mask_embed = unfold(out.mask_embed, 1)
+        out.sim_embed = unfold(out.sim_embed, 1)
+        out.frame_sim_embed = unfold(out.frame_sim_embed, 0)
+        out.trajectory = unfold(out.trajectory, 0)
+        return out
+
+    def forward(self, frames: Tensor, texts: list[str]) -> SSAOutput:
+        """frames: (B, T, 3, H, W) RGB on a 0-255 scale, any H, W; texts: B sentences."""
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
+        B, T = frames.shape[:2]
+        if len(texts) != B:
+            raise ValueError(f"got {len(texts)} sentences for {B} clips")
+        images, image_size = self.preprocess(frames.flatten(0, 1))
+        text = self.encode_text(list(texts)).repeat_frames(T)
+        fs = self.forward_frames(images, text)
+        per_clip = lambda t, lead: t.unflatten(lead, (B, T))  # noqa: E731
+        queries = per_clip(fs.queries, 1)
+        sentences = per_clip(fs.sentence, 0)
+        video = self.forward_video(queries, sentences)
+        return SSAOutput(
+            frame_logits=per_clip(fs.logits, 1),
+            frame_masks=per_clip(fs.masks, 1),
+            frame_queries=queries,
+            sentence_tokens=sentences,
+            mask_features=per_clip(fs.mask_features, 0),
+            video_mask_features=per_clip(fs.video_mask_features, 0),
+            video_logits=video.logits,
+            video_mask_embed=video.mask_embed,
+            video_sim_embed=video.sim_embed,
+            frame_sim_embed=video.frame_sim_embed,
+            trajectory=video.trajectory,
+            image_size=image_size,
+            padded_size=tuple(images.shape[-2:]),
+        )
