@@ -1,0 +1,168 @@
+import dataclasses
+
+import pytest
+import torch
+
+from ssa_rvos import build_model, model_config
+from ssa_rvos.modeling import clean_sentence
+
+TEXTS = ["the red square moving to the right", 'A  blue\tCIRCLE that stops !"#']
+
+
+def _frames(B, T, H=70, W=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, T, 3, H, W, generator=g) * 255
+
+
+@pytest.mark.parametrize("B", [1, 2])
+@pytest.mark.parametrize("T", [1, 2, 5])
+def test_output_shapes(tiny_model, B, T):
+    cfg = tiny_model.config
+    N, C = cfg.num_queries, cfg.hidden_dim
+    with torch.no_grad():
+        out = tiny_model(_frames(B, T), TEXTS[:B])
+    h, w = 96 // 4, 128 // 4  # 70x100 is padded to 96x128
+    Lf, Lv = cfg.frame_decoder.layers, cfg.video_decoder.layers
+    assert out.image_size == (70, 100) and out.padded_size == (96, 128)
+    assert out.frame_logits.shape == (Lf + 1, B, T, N, 2)
+    assert out.frame_masks.shape == (Lf + 1, B, T, N, h, w)
+    assert out.frame_queries.shape == (1, B, T, N, C)
+    assert out.sentence_tokens.shape == (B, T, C)
+    assert out.mask_features.shape == (B, T, C, h, w)
+    assert out.video_logits.shape == (Lv, 1, B, N, 2)
+    assert out.video_mask_embed.shape == (Lv, 1, B, N, C)
+    assert out.video_sim_embed.shape == (Lv, 1, B, N, C)
+    assert out.frame_sim_embed.shape == (1, B, T, N, C)
+    assert out.trajectory.shape == (1, B, T, N)
+    assert out.video_masks().shape == (1, B, N, T, h, w)
+    for t in (out.frame_logits, out.frame_masks, out.video_logits, out.video_masks()):
+        assert torch.isfinite(t).all()
+
+
+def test_batch_of_two_equals_two_single_runs(tiny_model):
+    frames = _frames(2, 3)
+    with torch.no_grad():
+        both = tiny_model(frames, TEXTS)
+        singles = [tiny_model(frames[i:i + 1], TEXTS[i:i + 1]) for i in range(2)]
+    for name in ("frame_logits", "frame_masks", "frame_queries", "video_logits", "video_mask_embed"):
+        batched = getattr(both, name)
+        dim = 1 if name in ("frame_logits", "frame_masks", "frame_queries") else 2
+        for i, single in enumerate(singles):
+            torch.testing.assert_close(batched.select(dim, i), getattr(single, name).select(dim, 0),
+                                       atol=2e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(both.trajectory[:, 1], singles[1].trajectory[:, 0])
+
+
+def test_training_uses_three_query_layers_as_extra_batch_entries(tiny_model):
+    tiny_model.train()
+    out = tiny_model(_frames(2, 2), TEXTS)
+    assert out.frame_queries.shape[0] == 3
+    assert out.video_logits.shape[:3] == (tiny_model.config.video_decoder.layers, 3, 2)
+    assert out.video_masks().shape[:3] == (3, 2, tiny_model.config.num_queries)
+
+
+def test_backward_reaches_every_trainable_parameter_and_no_clip_parameter():
+    tiny_model = build_model("ssa_tiny")
+    # Perturb the trainable weights first (as the fixture does) so that no zero init, like
+    # deformable attention's zero offset weights, hides a broken path.
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    tiny_model.train()
+    out = tiny_model(_frames(1, 2), TEXTS[:1])
+    loss = sum(t.float().square().mean() for t in (
+        out.frame_logits, out.frame_masks, out.video_logits, out.video_masks(), out.video_sim_embed,
+        out.frame_sim_embed))
+    loss.backward()
+    trainable = [(n, p) for n, p in tiny_model.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, p in trainable:
+        assert not name.startswith("backbone.clip."), name
+        assert p.grad is not None, f"no gradient for {name}"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"zero gradient for {name}"
+    for name, p in tiny_model.backbone.clip.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+
+
+def test_clip_stays_in_eval_mode_under_train(tiny_model):
+    tiny_model.train()
+    assert tiny_model.pixel_decoder.training and tiny_model.backbone.adapters.training
+    assert not tiny_model.backbone.clip.training
+    assert not any(m.training for m in tiny_model.backbone.clip.modules())
+
+
+def test_original_train_mode_switch_leaves_clip_training():
+    cfg = model_config("ssa_tiny")
+    cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, train_mode=True))
+    model = build_model(cfg).train()
+    assert model.backbone.clip.training
+    assert not any(p.requires_grad for p in model.backbone.clip.parameters())
+    model.eval()
+    assert not model.backbone.clip.training
+
+
+def test_sentence_feature_equals_open_clip_encode_text(tiny_model):
+    clip = tiny_model.backbone.clip
+    with torch.no_grad():
+        text = tiny_model.encode_text(TEXTS)
+        expected = clip.encode_text(tiny_model.backbone.tokenize(TEXTS), normalize=False)
+    torch.testing.assert_close(text.sentence, expected, atol=1e-5, rtol=0)
+    assert text.words.shape == (2, 40, clip.text_projection.shape[1])
+
+
+def test_word_mask_ends_at_eot(tiny_model):
+    text = tiny_model.encode_text(TEXTS)
+    for tokens, mask in zip(text.tokens, text.word_mask):
+        eot = int(tokens.argmax())
+        assert mask[: eot + 1].all() and not mask[eot + 1:].any()
+    # '!"#' tokenises to a bare "!", BPE id 0: the original's `token != 0` rule drops that real
+    # word from the mask, ours keeps it.
+    eot = int(text.tokens[1].argmax())
+    bang = torch.nonzero(text.tokens[1, :eot] == 0).flatten()
+    assert len(bang) == 1
+    assert text.word_mask[1, bang[0]]
+
+
+def test_original_word_mask_rule_is_token_not_zero():
+    cfg = model_config("ssa_tiny")
+    cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, word_mask_rule="nonzero"))
+    model = build_model(cfg)
+    text = model.encode_text(TEXTS)
+    torch.testing.assert_close(text.word_mask, (text.tokens != 0)[:, :40])
+
+
+def test_sentences_are_lowercased_and_whitespace_collapsed(tiny_model):
+    assert clean_sentence("  The  RED\tsquare\n ") == "the red square"
+    a = tiny_model.encode_text(["  The  RED\tsquare\n "])
+    b = tiny_model.encode_text(["the red square"])
+    assert torch.equal(a.tokens, b.tokens)
+    torch.testing.assert_close(a.sentence, b.sentence)
+
+
+def test_adapter_gate_is_a_distribution_per_frame(tiny_model):
+    text = tiny_model.encode_text(TEXTS)
+    for i, c in enumerate(tiny_model.backbone.stage_channels):
+        x = torch.randn(2, c, 5, 7)
+        out, gate = tiny_model.backbone.adapters[i](
+            x, sentence=text.sentence, words=text.words, word_mask=text.word_mask, return_gate=True)
+        assert out.shape == x.shape and gate.shape == (2, 3)
+        assert (gate >= 0).all()
+        torch.testing.assert_close(gate.sum(-1), torch.ones(2))
+
+
+def test_without_sequential_alignment_the_trajectory_is_identity():
+    cfg = model_config("ssa_tiny")
+    cfg = dataclasses.replace(cfg, video_decoder=dataclasses.replace(cfg.video_decoder, sequential_alignment=False))
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model(_frames(1, 3), TEXTS[:1])
+    assert torch.equal(out.trajectory[0, 0], torch.arange(cfg.num_queries).expand(3, -1))
+
+
+def test_bad_inputs_are_rejected(tiny_model):
+    with pytest.raises(ValueError, match=r"\(B, T, 3, H, W\)"):
+        tiny_model(torch.zeros(2, 3, 32, 32), TEXTS)
+    with pytest.raises(ValueError, match="sentences"):
+        tiny_model(_frames(2, 1), TEXTS[:1])
