@@ -23,15 +23,17 @@ def _add(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
 
-class CrossAttentionLayer(nn.Module):
-    """Post-norm multi-head cross-attention: ``norm(q + drop(attn(q + q_pos, k + k_pos, k)))``."""
-
+class _PostNormAttention(nn.Module):
     def __init__(self, *, dim: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
         _xavier_matrices(self)
+
+
+class CrossAttentionLayer(_PostNormAttention):
+    """Post-norm multi-head cross-attention: ``norm(q + drop(attn(q + q_pos, k + k_pos, k)))``."""
 
     def forward(
         self,
@@ -56,15 +58,8 @@ class CrossAttentionLayer(nn.Module):
         return self.norm(x + self.dropout(out))
 
 
-class SelfAttentionLayer(nn.Module):
+class SelfAttentionLayer(_PostNormAttention):
     """Post-norm multi-head self-attention; positions are added to queries and keys only."""
-
-    def __init__(self, *, dim: int, heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
-        _xavier_matrices(self)
 
     def forward(self, x: Tensor, *, pos: Tensor | None = None) -> Tensor:
         """x: (B, N, C) -> (B, N, C)."""

@@ -1,0 +1,47 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ssa_rvos import build_model, list_models, model_config
+
+
+def test_presets():
+    assert {"ssa_convnext_large", "ssa_tiny"} <= set(list_models())
+    large = model_config("ssa_convnext_large")
+    assert large.clip.model_name == "convnext_large_d_320" and large.hidden_dim == 256
+    assert (large.frame_decoder.layers, large.video_decoder.layers, large.pixel_decoder.layers) == (9, 6, 6)
+    with pytest.raises(ValueError, match="unknown model"):
+        model_config("nope")
+
+
+def test_clip_weights_from_a_local_file(tmp_path):
+    source = build_model("ssa_tiny")
+    path = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in source.backbone.clip.state_dict().items()}, str(path))
+    loaded = build_model("ssa_tiny", clip_weights=str(path))
+    for (name, a), b in zip(source.backbone.clip.state_dict().items(), loaded.backbone.clip.state_dict().values()):
+        assert torch.equal(a, b), name
+    # Random init differs, so the file really was read.
+    other = build_model("ssa_tiny")
+    assert not torch.equal(other.backbone.clip.token_embedding.weight, loaded.backbone.clip.token_embedding.weight)
+
+
+def test_clip_weights_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        build_model("ssa_tiny", clip_weights=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="unknown CLIP weights 'no_such_tag'"):
+        build_model("ssa_tiny", clip_weights="no_such_tag")
+
+
+def test_import_does_not_pull_optional_or_training_packages():
+    code = "import sys, ssa_rvos; bad = [m for m in ('av', 'pycocotools', 'tensorboard') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "ssa_rvos", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("ssa-rvos ")
