@@ -130,12 +130,19 @@ class SSA(nn.Module):
     def encode_text(self, texts: list[str]) -> TextFeatures:
         return self.backbone.encode_text(texts)
 
-    def forward_frames(self, images: Tensor, text: TextFeatures, *, query_layers: int | None = None) -> FrameStageOutput:
-        """Frame stage on BT preprocessed images; ``text`` holds one entry per image."""
+    def forward_frames(self, images: Tensor, text: TextFeatures, *, sentence: Tensor | None = None,
+                       query_layers: int | None = None) -> FrameStageOutput:
+        """Frame stage on BT preprocessed images; ``text`` holds one entry per image.
+
+        sentence: (BT, C) the projected sentence per image; by default projected here. Projecting
+        once per clip and repeating (as ``forward`` does) shares the dropout mask over a clip's
+        frames, like the original.
+        """
         k = query_layers or (self.config.frame_decoder.train_query_layers if self.training else 1)
         features = self.backbone(images, text)
-        sentence = self.sentence_proj(text.sentence)[:, None, :]  # (BT, 1, C)
-        pix = self.pixel_decoder(features, sentence)
+        if sentence is None:
+            sentence = self.sentence_proj(text.sentence)
+        pix = self.pixel_decoder(features, sentence[:, None, :])
         frames = self.frame_decoder(multi_scale=pix.multi_scale, mask_features=pix.mask_features, sentence=pix.sentence)
         return FrameStageOutput(
             logits=frames.logits,
@@ -169,8 +176,9 @@ class SSA(nn.Module):
         if len(texts) != B:
             raise ValueError(f"got {len(texts)} sentences for {B} clips")
         images, image_size = self.preprocess(frames.flatten(0, 1))
-        text = self.encode_text(list(texts)).repeat_frames(T)
-        fs = self.forward_frames(images, text)
+        text = self.encode_text(list(texts))
+        sentence = self.sentence_proj(text.sentence).repeat_interleave(T, dim=0)
+        fs = self.forward_frames(images, text.repeat_frames(T), sentence=sentence)
         per_clip = lambda t, lead: t.unflatten(lead, (B, T))  # noqa: E731
         queries = per_clip(fs.queries, 1)
         sentences = per_clip(fs.sentence, 0)
