@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from .clip_backbone import ClipBackbone, TextFeatures
