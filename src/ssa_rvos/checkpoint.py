@@ -33,7 +33,6 @@ FORMAT = "ssa-rvos/1"
 
 def save_model(model: SSA, path: str | os.PathLike, *, extra: dict[str, str] | None = None) -> None:
     """Write the full state dict and config of ``model`` to a safetensors file atomically."""
-
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(model.config.to_dict())}
     metadata.update(extra or {})

@@ -65,7 +65,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(f"{source}: no such file (expected the authors' .pth checkpoint)")
     if target.suffix != ".safetensors":
         raise UsageError(f"-o {target}: the output must be a .safetensors file")
-    if target.exists() and target.is_dir():
+    if target.is_dir():
         raise UsageError(f"-o {target}: is a directory")
     clip = ClipConfig(model_name=args.clip_model)
     if args.clip_config:
