@@ -53,6 +53,20 @@ def test_batch_of_two_equals_two_single_runs(tiny_model):
     torch.testing.assert_close(both.trajectory[:, 1], singles[1].trajectory[:, 0])
 
 
+def test_frame_stage_in_chunks_equals_one_pass(tiny_model):
+    frames = _frames(2, 5)
+    with torch.no_grad():
+        whole = tiny_model(frames, TEXTS)
+        chunked = tiny_model(frames, TEXTS, frame_chunk=3)  # chunks straddle the two clips
+    assert chunked.frame_logits.shape[0] == 1 and chunked.frame_masks.shape[0] == 1
+    torch.testing.assert_close(chunked.frame_masks, whole.frame_masks[-1:], atol=2e-5, rtol=1e-4)
+    for name in ("frame_queries", "sentence_tokens", "video_mask_features", "video_logits", "video_mask_embed"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=2e-5, rtol=1e-4, msg=name)
+    assert torch.equal(chunked.trajectory, whole.trajectory)
+    with pytest.raises(ValueError, match="frame_chunk"):
+        tiny_model(frames, TEXTS, frame_chunk=0)
+
+
 def test_training_uses_three_query_layers_as_extra_batch_entries(tiny_model):
     tiny_model.train()
     out = tiny_model(_frames(2, 2), TEXTS)

@@ -43,6 +43,11 @@ class TextFeatures:
         rep = lambda t: t.repeat_interleave(frames, dim=0)  # noqa: E731
         return TextFeatures(rep(self.tokens), rep(self.words), rep(self.word_mask), rep(self.sentence))
 
+    def slice(self, start: int, stop: int) -> "TextFeatures":
+        """Entries start..stop-1 (e.g. one chunk of a clip's frames)."""
+        return TextFeatures(self.tokens[start:stop], self.words[start:stop], self.word_mask[start:stop],
+                            self.sentence[start:stop])
+
 
 class ClipBackbone(nn.Module):
     def __init__(

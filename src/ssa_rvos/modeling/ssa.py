@@ -167,17 +167,40 @@ class SSA(nn.Module):
         out.trajectory = unfold(out.trajectory, 0)
         return out
 
-    def forward(self, frames: Tensor, texts: list[str]) -> SSAOutput:
-        """frames: (B, T, 3, H, W) RGB on a 0-255 scale, any H, W; texts: B sentences."""
+    def _frames_in_chunks(self, images: Tensor, text: TextFeatures, sentence: Tensor, chunk: int) -> FrameStageOutput:
+        # Only the last frame-decoder layer's predictions are kept: a long video's 10 layers of
+        # stride-4 masks would not fit in memory, and inference reads the video stage only.
+        parts = []
+        for s in range(0, images.shape[0], chunk):
+            fs = self.forward_frames(images[s:s + chunk], text.slice(s, s + chunk), sentence=sentence[s:s + chunk])
+            fs.logits, fs.masks = fs.logits[-1:], fs.masks[-1:]
+            parts.append(fs)
+        cat = lambda name, dim: torch.cat([getattr(p, name) for p in parts], dim=dim)  # noqa: E731
+        return FrameStageOutput(logits=cat("logits", 1), masks=cat("masks", 1), queries=cat("queries", 1),
+                                sentence=cat("sentence", 0), mask_features=cat("mask_features", 0),
+                                video_mask_features=cat("video_mask_features", 0))
+
+    def forward(self, frames: Tensor, texts: list[str], *, frame_chunk: int | None = None) -> SSAOutput:
+        """frames: (B, T, 3, H, W) RGB on a 0-255 scale, any H, W; texts: B sentences.
+
+        frame_chunk: run the frame stage on at most this many images at a time (spec Sec. 5; the
+        original used 18) to bound memory on long videos; the video stage still sees every frame.
+        Chunked outputs hold only the last frame-decoder layer in ``frame_logits``/``frame_masks``.
+        """
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be (B, T, 3, H, W), got {tuple(frames.shape)}")
         B, T = frames.shape[:2]
         if len(texts) != B:
             raise ValueError(f"got {len(texts)} sentences for {B} clips")
+        if frame_chunk is not None and frame_chunk < 1:
+            raise ValueError(f"frame_chunk must be >= 1, got {frame_chunk}")
         images, image_size = self.preprocess(frames.flatten(0, 1))
         text = self.encode_text(list(texts))
         sentence = self.sentence_proj(text.sentence).repeat_interleave(T, dim=0)
-        fs = self.forward_frames(images, text.repeat_frames(T), sentence=sentence)
+        if frame_chunk is None or frame_chunk >= B * T:
+            fs = self.forward_frames(images, text.repeat_frames(T), sentence=sentence)
+        else:
+            fs = self._frames_in_chunks(images, text.repeat_frames(T), sentence, frame_chunk)
         per_clip = lambda t, lead: t.unflatten(lead, (B, T))  # noqa: E731
         queries = per_clip(fs.queries, 1)
         sentences = per_clip(fs.sentence, 0)
