@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from importlib import resources
-from typing import Callable
 
 import torch
 from torch import nn

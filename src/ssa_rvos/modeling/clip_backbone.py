@@ -38,12 +38,12 @@ class TextFeatures:
     word_mask: Tensor
     sentence: Tensor
 
-    def repeat_frames(self, frames: int) -> "TextFeatures":
+    def repeat_frames(self, frames: int) -> TextFeatures:
         """Repeat each sentence's features for its T frames (b-major, like the frames)."""
         rep = lambda t: t.repeat_interleave(frames, dim=0)  # noqa: E731
         return TextFeatures(rep(self.tokens), rep(self.words), rep(self.word_mask), rep(self.sentence))
 
-    def slice(self, start: int, stop: int) -> "TextFeatures":
+    def slice(self, start: int, stop: int) -> TextFeatures:
         """Entries start..stop-1 (e.g. one chunk of a clip's frames)."""
         return TextFeatures(self.tokens[start:stop], self.words[start:stop], self.word_mask[start:stop],
                             self.sentence[start:stop])
@@ -77,7 +77,7 @@ class ClipBackbone(nn.Module):
             else None
         )
 
-    def train(self, mode: bool = True) -> "ClipBackbone":
+    def train(self, mode: bool = True) -> ClipBackbone:
         super().train(mode)
         if not self.config.train_mode:
             self.clip.eval()

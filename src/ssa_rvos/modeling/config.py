@@ -104,7 +104,7 @@ class SSAConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SSAConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SSAConfig:
         return _from_dict(cls, data, "model")
 
 
