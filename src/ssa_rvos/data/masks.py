@@ -1,0 +1,274 @@
+"""Mask formats: COCO run-length encoding, palette (label) PNGs, and MeViS ``mask_dict.json`` <-> PNG folders.
+
+MeViS stores every annotated object as one list of COCO compressed RLEs (``null`` where the object is
+absent), one per frame in the order of the video's sorted frame list. Ref-YouTube-VOS and DAVIS store
+one palette PNG per frame whose pixel value is the object id. Predictions are PNG folders of 0/255
+binary masks, ``<video>/<exp_id>/<frame>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .samples import DatasetError
+
+
+def _davis_palette() -> list[int]:
+    """The DAVIS / Ref-YouTube-VOS colour map (the PASCAL VOC one): label i -> its bit-reversed RGB."""
+    palette = []
+    for label in range(256):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+DAVIS_PALETTE: list[int] = _davis_palette()
+
+
+def _mask_api():
+    try:
+        from pycocotools import mask as mask_api
+    except ImportError as e:  # pragma: no cover - a dependency; only a broken install gets here
+        raise ImportError("COCO RLE needs pycocotools: pip install pycocotools") from e
+    return mask_api
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"rle_encode expects one (H, W) mask, got shape {mask.shape}")
+    rle = _mask_api().encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """COCO RLE (compressed ``counts`` as str or bytes, or uncompressed list counts) -> (H, W) bool."""
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ValueError("an RLE must be a dict with 'size' and 'counts'")
+    mask_api = _mask_api()
+    size = [int(s) for s in rle["size"]]
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if sum(counts) != size[0] * size[1]:
+            raise ValueError(f"RLE counts sum to {sum(counts)}, expected {size[0]}x{size[1]}")
+        compact = mask_api.frPyObjects({"size": size, "counts": counts}, size[0], size[1])
+    else:
+        compact = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_api.decode(compact).astype(bool)
+
+
+def rle_area(rle: dict) -> int:
+    return int(_mask_api().area({"size": rle["size"], "counts": rle["counts"].encode("ascii")
+                                 if isinstance(rle["counts"], str) else rle["counts"]}))
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """A palette or grayscale PNG -> (H, W) uint8 pixel values (palette indices, not colours)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "L", "1"):
+                arr = np.array(im if im.mode != "1" else im.convert("L"))
+            elif im.mode in ("I", "I;16"):
+                arr = np.array(im)
+                if arr.max(initial=0) > 255:
+                    raise DatasetError(f"{path}: label values above 255 in a {im.mode} PNG")
+            else:
+                raise DatasetError(f"{path}: expected a palette or grayscale PNG, got mode {im.mode}")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable image ({e})") from None
+    return arr.astype(np.uint8)
+
+
+def _atomic_save(path: Path, save) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_label_png(path: str | os.PathLike, labels: np.ndarray, palette: Sequence[int] | None = DAVIS_PALETTE) -> None:
+    """(H, W) integer labels -> palette PNG (``palette=None``: 8-bit grayscale), written atomically."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"a label map must be (H, W), got shape {labels.shape}")
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+        raise ValueError("label values must lie in 0..255")
+    im = Image.fromarray(labels.astype(np.uint8), mode="L")
+    if palette is not None:
+        im = im.convert("P")
+        im.putpalette(list(palette))
+    _atomic_save(Path(path), lambda tmp: im.save(tmp, format="PNG"))
+
+
+def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """(H, W) bool -> a 0/255 grayscale PNG (the prediction format of every benchmark), atomically."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be (H, W), got shape {mask.shape}")
+    write_label_png(path, np.where(mask.astype(bool), 255, 0).astype(np.uint8), palette=None)
+
+
+def read_mask_png(path: str | os.PathLike) -> np.ndarray:
+    """A prediction PNG -> (H, W) bool (any nonzero value is foreground, as the official evaluators read it)."""
+    return read_label_png(path) > 0
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    def save(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+
+    _atomic_save(Path(path), save)
+
+
+def _load_json(path: Path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+
+
+def _sorted_frames(video_dir: Path) -> list[str]:
+    return sorted(p.stem for p in video_dir.iterdir() if p.suffix.lower() == ".png")
+
+
+def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.PathLike, out_dir: str | os.PathLike,
+                      *, videos: Iterable[str] | None = None, progress: bool = False) -> int:
+    """Write every MeViS expression's ground truth (union of its anno_ids) as ``<video>/<exp_id>/<frame>.png``.
+
+    Frame sizes come from the RLEs; an expression whose objects are absent from every frame of a
+    video takes the size of any other object of that video. Returns the number of PNGs written.
+    """
+    meta_path, mask_dict_path, out_dir = Path(meta_path), Path(mask_dict_path), Path(out_dir)
+    meta = _load_json(meta_path)
+    mask_dict = _load_json(mask_dict_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
+        raise DatasetError(f"{meta_path}: expected {{'videos': {{video: ...}}}}")
+    wanted = None if videos is None else set(videos)
+    items = [(v, m) for v, m in sorted(meta["videos"].items()) if wanted is None or v in wanted]
+    if wanted is not None and len(items) != len(wanted):
+        missing = sorted(wanted - {v for v, _ in items})
+        raise DatasetError(f"{meta_path}: no video {missing[0]!r}")
+    from tqdm import tqdm
+
+    written = 0
+    for video, entry in tqdm(items, desc="masks", unit="video", disable=not progress):
+        frames = entry.get("frames")
+        exps = entry.get("expressions")
+        if not isinstance(frames, list) or not isinstance(exps, dict):
+            raise DatasetError(f"{meta_path}: video {video!r} needs 'frames' and 'expressions'")
+        size = None
+        for exp in exps.values():
+            for anno in exp.get("anno_id", []):
+                for rle in mask_dict.get(str(anno)) or []:
+                    if rle:
+                        size = tuple(rle["size"])
+                        break
+                if size:
+                    break
+            if size:
+                break
+        for exp_id, exp in exps.items():
+            union = None
+            for anno in exp.get("anno_id", []):
+                rles = mask_dict.get(str(anno))
+                if rles is None:
+                    raise DatasetError(f"{mask_dict_path}: no anno_id {anno} (video {video!r}, expression {exp_id})")
+                if len(rles) != len(frames):
+                    raise DatasetError(f"{mask_dict_path}: anno_id {anno} has {len(rles)} masks but video {video!r} "
+                                       f"has {len(frames)} frames (expression {exp_id})")
+                for t, rle in enumerate(rles):
+                    if not rle:
+                        continue
+                    m = rle_decode(rle)
+                    if size is not None and m.shape != size:
+                        raise DatasetError(f"{mask_dict_path}: anno_id {anno} frame {frames[t]!r} is {m.shape}, "
+                                           f"expected {size} (video {video!r}, expression {exp_id})")
+                    if union is None:
+                        union = np.zeros((len(frames), *m.shape), dtype=bool)
+                    union[t] |= m
+            if union is None:
+                if size is None:
+                    raise DatasetError(f"{mask_dict_path}: video {video!r} has no mask to take a frame size from")
+                union = np.zeros((len(frames), *size), dtype=bool)
+            for t, frame in enumerate(frames):
+                write_mask_png(out_dir / video / str(exp_id) / f"{frame}.png", union[t])
+                written += 1
+    return written
+
+
+def pngs_to_mask_dict(png_dir: str | os.PathLike, meta_path: str | os.PathLike | None = None) -> tuple[dict, dict]:
+    """Read ``<video>/<exp_id>/<frame>.png`` folders into a MeViS-style pair (meta_expressions, mask_dict).
+
+    Every expression folder becomes one object with a fresh anno_id (= obj_id), numbered in sorted
+    (video, exp_id) order; with ``meta_path`` the expression texts and frame lists are taken from that
+    meta file (every frame it lists must have a PNG), else the text is empty and the frames are the PNGs.
+    """
+    png_dir = Path(png_dir)
+    if not png_dir.is_dir():
+        raise DatasetError(f"{png_dir}: not a folder of <video>/<exp_id>/<frame>.png masks")
+    meta_videos = None
+    if meta_path is not None:
+        meta = _load_json(Path(meta_path))
+        meta_videos = meta.get("videos") if isinstance(meta, dict) else None
+        if not isinstance(meta_videos, dict):
+            raise DatasetError(f"{meta_path}: expected {{'videos': {{video: ...}}}}")
+    out_meta: dict = {"videos": {}}
+    mask_dict: dict = {}
+    next_id = 0
+    for video_dir in sorted(p for p in png_dir.iterdir() if p.is_dir()):
+        video = video_dir.name
+        src = meta_videos.get(video) if meta_videos is not None else None
+        if meta_videos is not None and src is None:
+            raise DatasetError(f"{meta_path}: no video {video!r} (found in {png_dir})")
+        exp_dirs = sorted((p for p in video_dir.iterdir() if p.is_dir()),
+                          key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
+        frames = list(src["frames"]) if src is not None else None
+        exps = {}
+        for exp_dir in exp_dirs:
+            names = _sorted_frames(exp_dir)
+            if frames is None:
+                frames = names
+            missing = sorted(set(frames) - set(names))
+            if missing:
+                raise DatasetError(f"{exp_dir}: no mask for frame {missing[0]!r} (video {video!r}, "
+                                   f"expression {exp_dir.name})")
+            rles = []
+            for frame in frames:
+                m = read_mask_png(exp_dir / f"{frame}.png")
+                rles.append(rle_encode(m) if m.any() else None)
+            text = ""
+            if src is not None:
+                text = src.get("expressions", {}).get(exp_dir.name, {}).get("exp", "")
+            mask_dict[str(next_id)] = rles
+            exps[exp_dir.name] = {"exp": text, "obj_id": [next_id], "anno_id": [next_id]}
+            next_id += 1
+        out_meta["videos"][video] = {"frames": frames or [], "expressions": exps}
+    return out_meta, mask_dict
