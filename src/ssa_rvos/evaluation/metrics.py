@@ -1,0 +1,283 @@
+"""Fast, exact region similarity J and boundary F-measure, as defined by the DAVIS-2017 toolkit.
+
+The definitions are those of ``davis2017-evaluation`` (``davis2017/metrics.py``: ``db_eval_iou``,
+``db_eval_boundary``, ``f_measure``, ``_seg2bmap``); :mod:`ssa_rvos.evaluation.reference` transcribes them
+literally, frame by frame, and the tests check that the functions here return exactly the same values.
+
+Conventions, shared by every function of this module:
+
+* masks are ``(T, H, W)`` (T frames) or ``(H, W)`` (one frame) arrays of any dtype; any nonzero value is
+  foreground;
+* ``void`` (optional, same shape as the masks) marks pixels removed from both the truth and the prediction
+  before anything is computed;
+* for ``(T, H, W)`` inputs the per-frame results have shape ``(T,)``; for ``(H, W)`` inputs they are 0-d
+  float64 arrays (``float(result)`` gives the value).
+
+How F is made fast without changing a single value. The toolkit dilates each 1-pixel-wide boundary map with
+a disk of radius ``r`` (offsets ``dy**2 + dx**2 <= r**2``) and counts, for each boundary, its pixels that lie
+inside the dilated other boundary. A pixel lies inside ``dilate(B, disk(r))`` exactly when some pixel of ``B``
+is at squared Euclidean distance ``<= r**2`` from it. So only the boundary pixels themselves need to be
+tested: for sparse boundaries (the normal case: a few thousand pixels) a k-d tree of one boundary answers a
+nearest-neighbour query for every pixel of the other one; for dense boundaries (noise-like masks) the exact
+Euclidean feature transform of :func:`scipy.ndimage.distance_transform_edt` is computed on the bounding box of
+both boundaries. Either way the decision compares an integer squared distance with ``r**2`` (the k-d tree
+with a bound of ``sqrt(r2 + 0.5)``, half an integer away from every possible squared distance), so the counts,
+and therefore precision, recall and F, are bit-identical to those of the disk dilation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+__all__ = ["BOUND_TH", "bound_pixels", "boundary_f", "j_and_f", "jaccard", "seg2bmap"]
+
+#: Default boundary tolerance of the toolkit: a fraction of the image diagonal.
+BOUND_TH = 0.008
+
+# Frames are processed in chunks of at most this many pixels, to bound the memory of the temporaries.
+_CHUNK_PIXELS = 1 << 24
+# When the two boundaries together hold more than this fraction of the pixels of their common bounding box,
+# the feature transform of the box is cheaper than k-d tree queries.
+_DENSE_FRACTION = 0.15
+
+
+def _as_bool(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    return x if x.dtype == np.bool_ else x.astype(bool)
+
+
+def _prepare(
+    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """Validate shapes; return boolean ``(T, H, W)`` arrays and whether the input was a single frame."""
+    gt = np.asarray(gt)
+    pred = np.asarray(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} must have the same shape")
+    if gt.ndim not in (2, 3):
+        raise ValueError(f"masks must be (H, W) or (T, H, W), got shape {gt.shape}")
+    if gt.shape[-1] == 0 or gt.shape[-2] == 0:
+        raise ValueError(f"frames must have at least one pixel, got shape {gt.shape}")
+    if void is not None:
+        void = np.asarray(void)
+        if void.shape != gt.shape:
+            raise ValueError(f"void mask {void.shape} must have the shape of the masks {gt.shape}")
+    single = gt.ndim == 2
+    if single:
+        gt, pred = gt[None], pred[None]
+        void = None if void is None else void[None]
+    return _as_bool(gt), _as_bool(pred), None if void is None else _as_bool(void), single
+
+
+def _chunks(num_frames: int, height: int, width: int) -> Iterator[slice]:
+    step = max(1, _CHUNK_PIXELS // (height * width))
+    for start in range(0, num_frames, step):
+        yield slice(start, min(start + step, num_frames))
+
+
+def _remove_void(
+    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None, frames: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    g, p = gt[frames], pred[frames]
+    if void is None:
+        return g, p
+    keep = ~void[frames]
+    return g & keep, p & keep
+
+
+def _finish(values: np.ndarray, single: bool) -> np.ndarray:
+    return values.reshape(()) if single else values
+
+
+def bound_pixels(height: int, width: int, bound_th: float = BOUND_TH) -> float:
+    """Radius (pixels) of the boundary tolerance disk, as the toolkit computes it.
+
+    ``bound_th`` if ``bound_th >= 1``, else ``ceil(bound_th * sqrt(H**2 + W**2))`` (8 at 480x854, 18 at
+    1080x1920).
+    """
+    if not bound_th >= 0:
+        raise ValueError(f"bound_th must be >= 0, got {bound_th}")
+    if bound_th >= 1:
+        return float(bound_th)
+    return float(np.ceil(bound_th * np.linalg.norm((height, width))))
+
+
+def _disk_r2(bound_pix: float) -> int:
+    """Largest integer squared offset length inside the disk: ``dy**2 + dx**2 <= r**2`` iff ``<= _disk_r2(r)``."""
+    return math.floor(bound_pix**2)
+
+
+def seg2bmap(seg: np.ndarray) -> np.ndarray:
+    """Boundary map of a mask (the toolkit's ``_seg2bmap`` for a map of its own size).
+
+    A pixel is on the boundary when it differs from its right (east), lower (south) or lower-right
+    (south-east) neighbour; on the last row only the east neighbour counts, on the last column only the south
+    one, and the bottom-right pixel is never a boundary pixel. (So a mask filling the whole frame, or a 1x1
+    frame, has an empty boundary.)
+
+    Args:
+        seg: ``(H, W)`` or ``(T, H, W)``; nonzero is foreground.
+
+    Returns:
+        bool array of the same shape.
+    """
+    seg = _as_bool(seg)
+    if seg.ndim not in (2, 3) or seg.shape[-1] == 0 or seg.shape[-2] == 0:
+        raise ValueError(f"seg2bmap expects a non-empty (H, W) or (T, H, W) array, got shape {seg.shape}")
+    b = np.zeros(seg.shape, dtype=bool)
+    centre = seg[..., :-1, :-1]
+    inner = centre ^ seg[..., :-1, 1:]
+    tmp = np.empty_like(inner)
+    inner |= np.bitwise_xor(centre, seg[..., 1:, :-1], out=tmp)
+    inner |= np.bitwise_xor(centre, seg[..., 1:, 1:], out=tmp)
+    b[..., :-1, :-1] = inner
+    b[..., -1, :-1] = seg[..., -1, :-1] ^ seg[..., -1, 1:]
+    b[..., :-1, -1] = seg[..., :-1, -1] ^ seg[..., 1:, -1]
+    return b
+
+
+def _jaccard_frames(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per-frame J of ``(T, H, W)`` boolean masks (void already removed)."""
+    inter = np.count_nonzero(gt & pred, axis=(1, 2))
+    union = np.count_nonzero(gt | pred, axis=(1, 2))
+    j = np.ones(gt.shape[0], dtype=np.float64)
+    np.divide(inter, union, out=j, where=union != 0)
+    return j
+
+
+def _count_within_sparse(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
+    """Number of points of ``src`` (n, 2) with a point of ``dst`` (m, 2) at squared distance ``<= r2``."""
+    bound = math.sqrt(r2 + 0.5)
+    dist, _ = cKDTree(dst).query(src, k=1, distance_upper_bound=bound)
+    return int(np.count_nonzero(dist < bound))
+
+
+def _count_within_dense(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
+    """Number of ``True`` pixels of ``src`` with a ``True`` pixel of ``dst`` (same-shape maps, ``dst``
+    non-empty) at squared distance ``<= r2``, via the exact Euclidean feature transform."""
+    nearest = ndimage.distance_transform_edt(~dst, return_distances=False, return_indices=True)
+    ys, xs = np.nonzero(src)
+    dy = nearest[0][ys, xs].astype(np.int64) - ys
+    dx = nearest[1][ys, xs].astype(np.int64) - xs
+    return int(np.count_nonzero(dy * dy + dx * dx <= r2))
+
+
+def _matches(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str = "auto") -> tuple[int, int]:
+    """``(|fg_b & dilate(gt_b)|, |gt_b & dilate(fg_b)|)`` for two non-empty ``(H, W)`` boundary maps."""
+    gt_pts = np.argwhere(gt_b)
+    fg_pts = np.argwhere(fg_b)
+    y0 = min(gt_pts[0, 0], fg_pts[0, 0])
+    y1 = max(gt_pts[-1, 0], fg_pts[-1, 0]) + 1
+    x0 = min(gt_pts[:, 1].min(), fg_pts[:, 1].min())
+    x1 = max(gt_pts[:, 1].max(), fg_pts[:, 1].max()) + 1
+    if method == "auto":
+        dense = len(gt_pts) + len(fg_pts) > _DENSE_FRACTION * (y1 - y0) * (x1 - x0)
+        method = "dense" if dense else "sparse"
+    if method == "sparse":
+        return _count_within_sparse(fg_pts, gt_pts, r2), _count_within_sparse(gt_pts, fg_pts, r2)
+    if method == "dense":
+        gt_crop, fg_crop = gt_b[y0:y1, x0:x1], fg_b[y0:y1, x0:x1]
+        return _count_within_dense(fg_crop, gt_crop, r2), _count_within_dense(gt_crop, fg_crop, r2)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _f_from_boundaries(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str = "auto") -> float:
+    """F-measure of one frame from its ``(H, W)`` boundary maps, with the toolkit's rules for empty ones."""
+    n_fg = int(np.count_nonzero(fg_b))
+    n_gt = int(np.count_nonzero(gt_b))
+    if n_fg == 0 and n_gt > 0:
+        precision, recall = 1.0, 0.0
+    elif n_fg > 0 and n_gt == 0:
+        precision, recall = 0.0, 1.0
+    elif n_fg == 0 and n_gt == 0:
+        precision, recall = 1.0, 1.0
+    else:
+        fg_match, gt_match = _matches(gt_b, fg_b, r2, method)
+        precision = fg_match / float(n_fg)
+        recall = gt_match / float(n_gt)
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def jaccard(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -> np.ndarray:
+    """Region similarity J = |gt & pred| / |gt | pred| per frame (1 where both are empty).
+
+    Args:
+        gt: ``(T, H, W)`` or ``(H, W)`` ground truth (nonzero = foreground).
+        pred: prediction, same shape.
+        void: optional mask of ignored pixels, same shape.
+
+    Returns:
+        float64 ``(T,)``, or a 0-d array for ``(H, W)`` inputs.
+    """
+    g, p, v, single = _prepare(gt, pred, void)
+    num_frames, height, width = g.shape
+    out = np.empty(num_frames, dtype=np.float64)
+    for frames in _chunks(num_frames, height, width):
+        out[frames] = _jaccard_frames(*_remove_void(g, p, v, frames))
+    return _finish(out, single)
+
+
+def boundary_f(
+    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None, bound_th: float = BOUND_TH
+) -> np.ndarray:
+    """Boundary F-measure per frame (the toolkit's ``db_eval_boundary``).
+
+    Precision is the fraction of predicted boundary pixels within ``bound_pixels(H, W, bound_th)`` pixels of
+    the true boundary, recall the converse; F = 2PR / (P + R), 0 when P + R = 0. Empty boundaries: both
+    empty gives P = R = 1 (F = 1); only the predicted one empty gives P = 1, R = 0; only the true one empty
+    gives P = 0, R = 1 (F = 0 in both cases).
+
+    Args:
+        gt: ``(T, H, W)`` or ``(H, W)`` ground truth (nonzero = foreground).
+        pred: prediction, same shape.
+        void: optional mask of ignored pixels, same shape (removed from both masks before the boundaries).
+        bound_th: tolerance; a fraction of the image diagonal when < 1, else a radius in pixels.
+
+    Returns:
+        float64 ``(T,)``, or a 0-d array for ``(H, W)`` inputs.
+    """
+    g, p, v, single = _prepare(gt, pred, void)
+    num_frames, height, width = g.shape
+    r2 = _disk_r2(bound_pixels(height, width, bound_th))
+    out = np.empty(num_frames, dtype=np.float64)
+    for frames in _chunks(num_frames, height, width):
+        gs, ps = _remove_void(g, p, v, frames)
+        gt_b, fg_b = seg2bmap(gs), seg2bmap(ps)
+        for i, t in enumerate(range(frames.start, frames.stop)):
+            out[t] = _f_from_boundaries(gt_b[i], fg_b[i], r2)
+    return _finish(out, single)
+
+
+def j_and_f(
+    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None, bound_th: float = BOUND_TH
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame J and F in one pass (see :func:`jaccard` and :func:`boundary_f`).
+
+    Args:
+        gt: ``(T, H, W)`` or ``(H, W)`` ground truth (nonzero = foreground).
+        pred: prediction, same shape.
+        void: optional mask of ignored pixels, same shape.
+        bound_th: boundary tolerance of F.
+
+    Returns:
+        ``(J, F)``, each float64 ``(T,)`` (0-d arrays for ``(H, W)`` inputs).
+    """
+    g, p, v, single = _prepare(gt, pred, void)
+    num_frames, height, width = g.shape
+    r2 = _disk_r2(bound_pixels(height, width, bound_th))
+    j = np.empty(num_frames, dtype=np.float64)
+    f = np.empty(num_frames, dtype=np.float64)
+    for frames in _chunks(num_frames, height, width):
+        gs, ps = _remove_void(g, p, v, frames)
+        j[frames] = _jaccard_frames(gs, ps)
+        gt_b, fg_b = seg2bmap(gs), seg2bmap(ps)
+        for i, t in enumerate(range(frames.start, frames.stop)):
+            f[t] = _f_from_boundaries(gt_b[i], fg_b[i], r2)
+    return _finish(j, single), _finish(f, single)
