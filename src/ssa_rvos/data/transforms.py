@@ -308,14 +308,16 @@ def sample_clip_augmentation(
 
 # ------------------------------------------------------------------------------------------- RefCOCO pseudo-videos
 
-def sample_pseudo_video_augmentation(h: int, w: int, *, num_frames: int,
-                                     rng: np.random.Generator) -> ClipAugmentation:
-    """The pseudo-video recipe: the clip augmentation above plus a monotone +-15 degree rotation."""
-    return sample_clip_augmentation(h, w, num_frames=num_frames, rng=rng, rotation_degrees=PSEUDO_MAX_DEGREES)
+def sample_pseudo_video_augmentation(h: int, w: int, *, num_frames: int, rng: np.random.Generator,
+                                     **options) -> ClipAugmentation:
+    """The pseudo-video recipe: the clip augmentation above plus a monotone +-15 degree rotation.
+    ``options`` are passed on to :func:`sample_clip_augmentation` (e.g. ``short_sides``)."""
+    return sample_clip_augmentation(h, w, num_frames=num_frames, rng=rng, rotation_degrees=PSEUDO_MAX_DEGREES,
+                                    **options)
 
 
 def make_pseudo_video(image: np.ndarray, masks: np.ndarray, *, num_frames: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                      rng: np.random.Generator, **options) -> tuple[np.ndarray, np.ndarray]:
     """A still image (H, W, 3) uint8 with masks (N, H, W) bool -> a clip (T, h, w, 3) and masks (N, T, h, w).
 
     As the original RefCOCO mapper does for multi-frame training: the image is repeated ``num_frames`` times
@@ -329,7 +331,7 @@ def make_pseudo_video(image: np.ndarray, masks: np.ndarray, *, num_frames: int,
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
         raise ValueError(f"masks must be (N, {image.shape[0]}, {image.shape[1]}) bool, got {masks.shape}")
-    aug = sample_pseudo_video_augmentation(*image.shape[:2], num_frames=num_frames, rng=rng)
+    aug = sample_pseudo_video_augmentation(*image.shape[:2], num_frames=num_frames, rng=rng, **options)
     frames = np.repeat(image[None], num_frames, axis=0)
     clip_masks = np.repeat(masks[:, None], num_frames, axis=1)
     frames, clip_masks = aug.apply(frames, clip_masks)
