@@ -5,7 +5,7 @@ covering roughly 5-30% of the frame as ground truth, and a perturbed copy as pre
 pixels, eroded or dilated, one ellipse dropped or a false positive added). It times the per-frame J and F of
 both implementations, checks that the values are identical, and prints frames per second and the speed-up.
 
-    .venv/bin/python bench/bench_metrics.py [--frames-480 N] [--frames-1080 N] [--repeats N] [--seed S]
+    python bench/bench_metrics.py [--frames-480 N] [--frames-1080 N] [--repeats N] [--seed S]
 """
 
 from __future__ import annotations
