@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -214,6 +215,19 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import load_config
+    from .training.trainer import train
+
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per torchrun process
+        where = result.checkpoint / "model.safetensors" if result.checkpoint else result.output_dir
+        print(f"trained to step {result.step}; model: {where}", file=sys.stderr)
+    return 0
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, *, split_help: str) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset root folder")
@@ -276,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", metavar="ZIP", help="validate this zip instead of writing one")
     p.add_argument("--max-problems", type=int, default=50, help="problems to print with --check")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("train", help="train a model from a recipe (also under torchrun for several GPUs)")
+    p.add_argument("config", help="a recipe name (the YAML files in ssa_rvos/training/recipes, e.g. mevis_official) "
+                                  "or a YAML file of changes to the defaults")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config changes, e.g. optim.lr=1e-4 "
+                   "data.datasets.0.root=/data/mevis")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
+    p.add_argument("--output-dir", help="run folder (same as output_dir=DIR)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("masks", help="convert MeViS mask_dict.json <-> <video>/<exp_id>/<frame>.png folders")
     msub = p.add_subparsers(dest="direction", required=True)

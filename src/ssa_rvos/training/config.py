@@ -1,0 +1,393 @@
+"""Run configuration of training: typed defaults in code, recipes as YAML deltas, dotted overrides.
+
+The defaults below are the released MeViS configuration (Tavarich/SSA ``configs/mevis/ssa_clip_bs8.yaml``)
+with the losses of :class:`~ssa_rvos.training.losses.LossConfig` (its two quirks fixed). A recipe
+(``recipes/<name>.yaml`` in this package, or any YAML file) states only what differs from them and may
+start from another recipe with ``base: <recipe name or path>``. Command-line overrides such as
+``optim.lr=1e-4`` or ``data.datasets.0.root=/data/mevis`` come last; their values are YAML scalars (or
+flow lists such as ``[20000]``). Every key is checked before anything runs: an unknown key, in a file or
+an override, is a ValueError that names it. The resolved config is saved as ``config.yaml`` in the run
+folder and loads back with :func:`load_config`.
+
+YAML is read with YAML 1.2 scalars: ``5e-5`` is a number (PyYAML's YAML 1.1 reads it as a string) and
+only ``true``/``false`` are booleans, so ``amp: off`` is the string "off".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..build import list_models
+from .data import DataConfig, DatasetSpec
+from .losses import LossConfig
+
+__all__ = [
+    "AMP_MODES",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_override",
+    "list_recipes",
+    "load_config",
+    "read_yaml",
+    "save_config",
+]
+
+AMP_MODES = ("off", "bf16", "fp16")
+EVAL_DATASETS = ("mevis", "ytvos", "davis")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """preset: a name of :func:`ssa_rvos.build.list_models`. clip_weights: the frozen CLIP's weights, an
+    open_clip tag of the preset's CLIP or a local file (None: random, for tests). init_from: a checkpoint
+    whose matching decoder weights start the run (the authors' COCO CLIP-Mask2Former, or a run of ours);
+    see :func:`ssa_rvos.training.trainer.load_init_weights`."""
+
+    preset: str = "ssa_convnext_large"
+    # The authors' CLIP: open_clip convnext_large_d_320 laion2b_s29b_b131k_ft_soup (their README).
+    clip_weights: str | None = "laion2b_s29b_b131k_ft_soup"
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in list_models():
+            raise ValueError(f"model.preset: unknown model {self.preset!r}; available: {', '.join(list_models())}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a multi-step decay (spec Sec. 6). Steps count optimizer updates."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.05  # 0 for normalisation layers and nn.Embedding tables, as the original
+    backbone_lr_multiplier: float = 0.1  # every trainable parameter under model.backbone (the adapters)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad_norm: float = 0.01  # global L2 norm over all trainable parameters; 0 disables
+    max_steps: int = 75_000
+    lr_steps: tuple[int, ...] = (55_000, 70_000)  # the lr is multiplied by gamma at each of these steps
+    gamma: float = 0.1
+    # The released configs say WARMUP_ITERS 10 with WARMUP_FACTOR 1.0: detectron2's linear warmup then
+    # starts at 1.0 x lr, i.e. there is no warmup. Kept for fidelity; a factor < 1 makes it real.
+    warmup_steps: int = 10
+    warmup_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "backbone_lr_multiplier", "clip_grad_norm", "gamma", "warmup_steps"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps < 1:
+            raise ValueError(f"optim.max_steps must be >= 1, got {self.max_steps}")
+        if list(self.lr_steps) != sorted(self.lr_steps) or any(s < 1 for s in self.lr_steps):
+            raise ValueError(f"optim.lr_steps must be increasing positive steps, got {list(self.lr_steps)}")
+        if not 0 < self.warmup_factor <= 1:
+            raise ValueError(f"optim.warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be in [0, 1), got {list(self.betas)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Periodic evaluation on a benchmark split with ground truth (``ssa-rvos evaluate``'s computation).
+
+    Runs every ``every`` steps (0: only after the last step) when ``dataset`` is set, or when
+    :func:`~ssa_rvos.training.trainer.train` is given an ``eval_fn``.
+    """
+
+    every: int = 0
+    dataset: str | None = None  # "mevis", "ytvos" or "davis"; None: no built-in evaluation
+    root: str = ""
+    split: str | None = None  # default: valid_u for mevis, valid otherwise
+    short_side: int | None = None  # test resize; default: the benchmark's (448 for mevis, 480 otherwise)
+    frame_chunk: int = 18
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"eval.every must be >= 0, got {self.every}")
+        if self.dataset is not None and self.dataset not in EVAL_DATASETS:
+            raise ValueError(f"eval.dataset must be one of {EVAL_DATASETS} or null, got {self.dataset!r}")
+        if self.dataset is not None and not self.root:
+            raise ValueError("eval.root: the folder of eval.dataset is required")
+
+
+def _default_data() -> DataConfig:
+    return DataConfig(datasets=(DatasetSpec("mevis", "datasets/mevis"),))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=_default_data)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    batch_size: int = 8  # clips per optimizer step, over all processes and accumulation steps
+    accumulation: int = 1  # micro-batches per optimizer step on each process
+    amp: str = "fp16"  # "off", "bf16" or "fp16" (CUDA only; the original trained with fp16 AMP)
+    seed: int = 0
+    output_dir: str = "runs/train"
+    log_every: int = 20
+    checkpoint_every: int = 5000
+    keep_last: int = 2  # checkpoints kept in output_dir/checkpoints (0: all)
+    tensorboard: bool = False
+    device: str | None = None  # default: this process's CUDA device if there is one, else cpu
+    # Every trainable parameter reaches the losses in every step (the criterion keeps empty losses attached),
+    # so DDP needs no search for unused parameters.
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        for name in ("batch_size", "accumulation", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
+        if self.batch_size % self.accumulation:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by accumulation {self.accumulation}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _build(cls, data, "")
+
+
+# ------------------------------------------------------------------------------------------------ dicts
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and lists -> plain dicts and lists (what YAML and JSON can hold)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _join(where: str, key: str | int) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field's type and convert what YAML cannot say (lists -> tuples,
+    ints -> floats, mappings -> dataclasses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) != 1:
+            raise TypeError(f"{where}: unsupported type {hint}")
+        return _convert(value, options[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], _join(where, i)) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
+        return tuple(_convert(v, a, _join(where, i)) for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else _build(hint, value, where)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint in (bool, str) and not isinstance(value, hint):
+        raise ValueError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """A dataclass from a mapping: unknown keys rejected by name, every value type-checked."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ValueError(f"unknown config key {_join(where, unknown[0])!r} (known there: {', '.join(names)})")
+    kwargs = {k: _convert(v, hints[k], _join(where, k)) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a missing required field, e.g. a dataset without a name
+        raise ValueError(f"{where or 'config'}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """SafeLoader (the C one when PyYAML has it) with YAML 1.2 core-schema booleans and floats."""
+
+
+def _yaml_12_resolvers() -> None:
+    bool_tag, float_tag = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+    _Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _Loader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    _Loader.add_implicit_resolver(
+        float_tag,
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+
+
+_yaml_12_resolvers()
+
+
+def _load_yaml_text(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from a file (an empty file is an empty mapping)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    data = _load_yaml_text(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def list_recipes() -> list[str]:
+    folder = resources.files("ssa_rvos.training") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _locate(source: str | os.PathLike, relative_to: Path | None = None) -> Path:
+    """A recipe name or a YAML path -> the file."""
+    text = str(source)
+    looks_like_path = text.endswith((".yaml", ".yml")) or "/" in text or os.sep in text
+    if looks_like_path:
+        path = Path(text)
+        if not path.is_absolute() and relative_to is not None:
+            path = relative_to / path
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        return path
+    if text in list_recipes():
+        return Path(str(resources.files("ssa_rvos.training") / "recipes" / f"{text}.yaml"))
+    raise ValueError(f"unknown recipe {text!r}; recipes: {', '.join(list_recipes())} (or give a .yaml file)")
+
+
+def _deltas(source: str | os.PathLike, relative_to: Path | None = None,
+            seen: tuple[Path, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """The chain of (file, delta) from the innermost ``base`` to ``source``."""
+    path = _locate(source, relative_to)
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: recipes inherit from each other in a cycle")
+    delta = read_yaml(path)
+    base = delta.pop("base", None)
+    chain = _deltas(base, path.parent, (*seen, path.resolve())) if base is not None else []
+    return [*chain, (str(path), delta)]
+
+
+def _merge(target: dict[str, Any], delta: dict[str, Any], where: str, source: str) -> None:
+    """Apply ``delta`` onto ``target`` in place; every key must already exist in ``target``.
+    Lists are replaced whole."""
+    for key, value in delta.items():
+        dotted = _join(where, key)
+        if key not in target:
+            raise ValueError(f"unknown config key {dotted!r} in {source}")
+        if isinstance(target[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {dotted!r} in {source} is a section; expected a mapping, got {value!r}")
+            _merge(target[key], value, dotted, source)
+        else:
+            target[key] = value
+
+
+def apply_override(resolved: dict[str, Any], override: str) -> None:
+    """Apply one ``dotted.key=value`` (value: a YAML scalar or flow list) to a resolved config dict."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"override {override!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
+    value = _load_yaml_text(text, f"override {key}")
+    node: Any = resolved
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, dict):
+            if part not in node:
+                raise ValueError(f"unknown config key {key!r} (in override {override!r})")
+            if last:
+                if isinstance(node[part], dict) and not isinstance(value, dict):
+                    raise ValueError(f"override {override!r}: {key!r} is a section, not a value")
+                node[part] = value
+            else:
+                node = node[part]
+        elif isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"unknown config key {key!r} (in override {override!r}): "
+                                 f"{'.'.join(parts[:i]) or 'config'} has {len(node)} entries")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        else:
+            raise ValueError(f"unknown config key {key!r} (in override {override!r})")
+
+
+def load_config(source: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the recipe chain of ``source`` (a recipe name or a YAML file; None: defaults only),
+    then ``overrides``; validated in full before anything runs."""
+    resolved = TrainConfig().to_dict()
+    if source is not None:
+        for path, delta in _deltas(source):
+            _merge(resolved, delta, "", path)
+        # Round trip through the types: list entries (datasets) get their defaults, so an override can
+        # address any of their keys.
+        resolved = TrainConfig.from_dict(resolved).to_dict()
+    for override in overrides:
+        apply_override(resolved, override)
+    return TrainConfig.from_dict(resolved)
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically), loadable with :func:`load_config`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, path)
