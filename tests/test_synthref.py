@@ -510,3 +510,20 @@ def test_demo_video_round_trip(tmp_path):
     assert decoded[0].shape == (50, 64, 3)  # odd height padded to even for yuv420p
     assert np.abs(decoded[0][:49].astype(int) - video.frames[0]).mean() < 12
     assert [p.name for p in tmp_path.iterdir()] == ["demo.mp4"]
+
+
+def test_synth_command_writes_readable_splits(tmp_path, capsys):
+    from ssa_rvos.cli import main
+    from ssa_rvos.data import MeViS
+
+    out = tmp_path / "synthref"
+    assert main(["synth", "--out", str(out), "--videos", "4", "--frames", "6", "--size", "48", "--seed", "3",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 4 videos" in printed and "valid_u: 1 videos" in printed
+    assert len(MeViS(out, "train").videos()) == 4 and len(MeViS(out, "valid_u").videos()) == 1
+    (tmp_path / "file").write_text("x")
+    assert main(["synth", "--out", str(tmp_path / "file"), "--videos", "2"]) == 2
+    assert main(["synth", "--out", str(out), "--frames", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--frames must be a positive integer" in err and "Traceback" not in err

@@ -228,6 +228,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthref import generate
+
+    for name in ("videos", "frames", "size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, expected a folder")
+    splits = tuple(args.splits.split(","))
+    info = generate(out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed, splits=splits,
+                    valid_videos=args.valid_videos, progress=not args.quiet)
+    for split, meta in info.items():
+        stats = meta["statistics"]
+        kinds = ", ".join(f"{k} {n}" for k, n in stats["kinds"].items())
+        print(f"{out / split}: {meta['videos']} videos, {stats['expressions']} expressions ({kinds})")
+    return 0
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, *, split_help: str) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset root folder")
@@ -299,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
     p.add_argument("--output-dir", help="run folder (same as output_dir=DIR)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("synth", help="generate SynthRef, a procedural motion-referring benchmark (MeViS layout)")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per split)")
+    p.add_argument("--videos", type=int, default=200, help="training videos (default: %(default)s)")
+    p.add_argument("--valid-videos", type=int, help="videos of each other split (default: a quarter of --videos)")
+    p.add_argument("--frames", type=int, default=12, help="frames per video (default: %(default)s)")
+    p.add_argument("--size", type=int, default=96, help="frame side in pixels (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--splits", default="train,valid_u", help="comma-separated split names (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("masks", help="convert MeViS mask_dict.json <-> <video>/<exp_id>/<frame>.png folders")
     msub = p.add_subparsers(dest="direction", required=True)
