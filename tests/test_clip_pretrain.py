@@ -207,8 +207,8 @@ def test_training_learns_the_captions(trained):
     config, metrics = trained
     history = metrics["history"]
     assert [h["step"] for h in history] == [10, 20, 30, 40, 50, 60]
-    assert metrics["loss"] < 0.4 * metrics["first_loss"], history  # seeds 0-3 end at 0.17-0.19 x
-    # Held-out frames of unseen videos: retrieval both ways far above a random ranking (seeds 0-3: 0.42 or more)
+    assert metrics["loss"] < 0.4 * metrics["first_loss"], history  # seeds 0-3 end at 0.16-0.21 x
+    # Held-out frames of unseen videos: retrieval both ways far above a random ranking (seeds 0-3: 0.41 or more)
     assert metrics["n"] == 48
     assert metrics["i2t"] > metrics["i2t_chance"] + 0.3, metrics
     assert metrics["t2i"] > metrics["t2i_chance"] + 0.3, metrics
@@ -256,6 +256,9 @@ def test_a_seed_repeats_a_run(data_root, tmp_path):
         runs.append((load_file(config.output), [h["loss"] for h in metrics["history"]]))
     (a, loss_a), (b, loss_b), (c, loss_c) = runs
     assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)
+    # The image tower's layer-scale gains started at layer_scale_init (0.1), not timm's 1e-6
+    gammas = [v for k, v in a.items() if k.endswith(".gamma")]
+    assert len(gammas) == 12 and all((g - 0.1).abs().max() < 0.01 for g in gammas)
     assert loss_a != loss_c and not all(torch.equal(a[k], c[k]) for k in a)
 
 
