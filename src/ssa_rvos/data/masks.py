@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .samples import DatasetError
+from .samples import DatasetError, list_frames, read_json
 
 
 def _davis_palette() -> list[int]:
@@ -145,20 +145,6 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     _atomic_save(Path(path), save)
 
 
-def _load_json(path: Path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
-
-
-def _sorted_frames(video_dir: Path) -> list[str]:
-    return sorted(p.stem for p in video_dir.iterdir() if p.suffix.lower() == ".png")
-
-
 def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.PathLike, out_dir: str | os.PathLike,
                       *, videos: Iterable[str] | None = None, progress: bool = False) -> int:
     """Write every MeViS expression's ground truth (union of its anno_ids) as ``<video>/<exp_id>/<frame>.png``.
@@ -167,8 +153,8 @@ def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.Pat
     video takes the size of any other object of that video. Returns the number of PNGs written.
     """
     meta_path, mask_dict_path, out_dir = Path(meta_path), Path(mask_dict_path), Path(out_dir)
-    meta = _load_json(meta_path)
-    mask_dict = _load_json(mask_dict_path)
+    meta = read_json(meta_path, "file")
+    mask_dict = read_json(mask_dict_path, "file")
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
         raise DatasetError(f"{meta_path}: expected {{'videos': {{video: ...}}}}")
     wanted = None if videos is None else set(videos)
@@ -236,7 +222,7 @@ def pngs_to_mask_dict(png_dir: str | os.PathLike, meta_path: str | os.PathLike |
         raise DatasetError(f"{png_dir}: not a folder of <video>/<exp_id>/<frame>.png masks")
     meta_videos = None
     if meta_path is not None:
-        meta = _load_json(Path(meta_path))
+        meta = read_json(Path(meta_path), "file")
         meta_videos = meta.get("videos") if isinstance(meta, dict) else None
         if not isinstance(meta_videos, dict):
             raise DatasetError(f"{meta_path}: expected {{'videos': {{video: ...}}}}")
@@ -253,7 +239,7 @@ def pngs_to_mask_dict(png_dir: str | os.PathLike, meta_path: str | os.PathLike |
         frames = list(src["frames"]) if src is not None else None
         exps = {}
         for exp_dir in exp_dirs:
-            names = _sorted_frames(exp_dir)
+            names = list_frames(exp_dir, ".png")
             if frames is None:
                 frames = names
             missing = sorted(set(frames) - set(names))

@@ -179,7 +179,8 @@ def evaluate_davis(dataset, predictions: str | os.PathLike, *, progress: bool = 
     per_annotator_f: list[list[np.ndarray]] = [[] for _ in range(4)]
     scores: list[ExpressionScore] = []
     for video in tqdm(dataset.videos(), desc=f"evaluate davis {dataset.split}", unit="video", disable=not progress):
-        gt_objects, _ = ground_truth_objects(dataset.label_maps(video))
+        labels = dataset.label_maps(video)
+        gt_objects, _ = ground_truth_objects(labels)
         exprs = dataset.video_expressions(video)
         size = gt_objects.shape[-2:]
         for k in range(4):
@@ -193,8 +194,9 @@ def evaluate_davis(dataset, predictions: str | os.PathLike, *, progress: bool = 
                 else:
                     pred, status = np.zeros((len(expr.frames), *size), dtype=bool), "missing"
                 masks.append(pred)
-                # The plain per-expression score against the referred object, reported alongside.
-                gt = dataset.target_masks(expr)
+                # The plain per-expression score against the referred object, reported alongside; taken
+                # from the label maps already read rather than re-reading every PNG per expression.
+                gt = np.isin(labels, expr.obj_ids)
                 j, f = j_and_f(gt, pred)
                 scores.append(ExpressionScore(video, expr.exp_id, expr.text, float(np.mean(j)), float(np.mean(f)),
                                               len(expr.frames), status))

@@ -98,10 +98,12 @@ def predict_split(model, dataset, output: str | os.PathLike, *, selection: str |
         for frame_names, group in by_frames.items():
             frames = dataset.read_frames(video, list(frame_names))
             stats.videos += 1
-            for expr in group:
-                masks = predict_video(model, frames, [expr.text], selection=selection, short_side=short_side,
-                                      max_long_side=max_long_side, frame_chunk=frame_chunk, threshold=threshold,
-                                      amp=amp)[0]
+            # One call per frame list: the frames are resized and moved to the device once for all
+            # of its sentences.
+            results = predict_video(model, frames, [e.text for e in group], selection=selection,
+                                    short_side=short_side, max_long_side=max_long_side, frame_chunk=frame_chunk,
+                                    threshold=threshold, amp=amp)
+            for expr, masks in zip(group, results):
                 write_expression(output, video, expr.exp_id, frame_names, masks)
                 stats.written += 1
                 bar.update()

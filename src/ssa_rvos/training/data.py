@@ -16,7 +16,7 @@ dropped. A clip may have no object at all (every query then learns "no object").
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -38,8 +38,9 @@ CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 DATASET_NAMES = ("mevis", "ytvos", "davis", "refcoco", "refcoco+", "refcocog", "synthetic")
 
 
-def _from_dict(cls, data: dict, where: str):
-    if not isinstance(data, dict):
+def strict_from_dict(cls, data, where: str):
+    """``cls(**data)`` for a dataclass, an unknown key being an error that names it."""
+    if not isinstance(data, Mapping):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
@@ -66,7 +67,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "data.datasets") -> DatasetSpec:
-        return _from_dict(cls, data, where)
+        return strict_from_dict(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class DataConfig:
         for k in ("short_sides", "synthetic_size", "pad_value"):
             if k in data:
                 data[k] = tuple(data[k])
-        return _from_dict(cls, data, where)
+        return strict_from_dict(cls, data, where)
 
 
 @dataclass

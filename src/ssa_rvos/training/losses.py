@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modeling.trajectory import apply_permutation
+from .data import strict_from_dict
 from .matcher import FrameAssignment, FrameMatcher, VideoAssignment, VideoMatcher, point_sample
 
 if TYPE_CHECKING:
@@ -108,13 +109,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping, where: str = "loss") -> LossConfig:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        return strict_from_dict(cls, data, where)
 
 
 def expected_loss_keys(config: LossConfig) -> tuple[str, ...]:
