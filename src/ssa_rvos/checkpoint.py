@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .fileio import atomic_write
 from .modeling import SSA, ClipConfig, SSAConfig
 
 CONFIG_KEY = "ssa_config"
@@ -31,9 +31,15 @@ FORMAT = "ssa-rvos/1"
 # --------------------------------------------------------------------------- our format
 
 
-def save_model(model: SSA, path: str | os.PathLike, *, extra: dict[str, str] | None = None) -> None:
-    """Write the full state dict and config of ``model`` to a safetensors file atomically."""
+def save_model(model: SSA, path: str | os.PathLike, *, extra: dict[str, str] | None = None,
+               dtype: torch.dtype | None = None) -> None:
+    """Write the full state dict and config of ``model`` to a safetensors file atomically.
+
+    dtype: store the floating-point tensors in this type (e.g. torch.float16 to halve a file that is
+    shipped); :func:`load_model` casts them back to the model's own dtype."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(model.config.to_dict())}
     metadata.update(extra or {})
     save_state_dict_atomic(state, path, metadata)
@@ -42,16 +48,7 @@ def save_model(model: SSA, path: str | os.PathLike, *, extra: dict[str, str] | N
 def save_state_dict_atomic(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[SSAConfig, dict[str, Tensor]]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_write
 from .samples import DatasetError, list_frames, read_json
 
 
@@ -96,18 +96,6 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def _atomic_save(path: Path, save) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_label_png(path: str | os.PathLike, labels: np.ndarray, palette: Sequence[int] | None = DAVIS_PALETTE) -> None:
     """(H, W) integer labels -> palette PNG (``palette=None``: 8-bit grayscale), written atomically."""
     labels = np.asarray(labels)
@@ -121,7 +109,7 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray, palette: Sequen
     if palette is not None:
         im = im.convert("P")
         im.putpalette(list(palette))
-    _atomic_save(Path(path), lambda tmp: im.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
@@ -142,7 +130,7 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f)
 
-    _atomic_save(Path(path), save)
+    atomic_write(path, save)
 
 
 def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.PathLike, out_dir: str | os.PathLike,

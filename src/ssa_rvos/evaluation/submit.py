@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.samples import DatasetError
+from ..fileio import atomic_write
 
 ZIP_ROOT = {"mevis": "", "ytvos": "Annotations/"}
 
@@ -71,11 +71,9 @@ def write_submission(dataset, predictions: str | os.PathLike, output: str | os.P
     if problems:
         raise SubmissionError(f"{predictions}: {len(problems)} of {len(expected)} PNGs missing, "
                               f"first {problems[0]} (predict the whole split first)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
     sizes: dict[str, tuple[int, int]] = {}
-    try:
+
+    def save(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for video, exp_id, frame in tqdm(expected, desc="submission", unit="png", disable=not progress):
                 path = predictions / video / exp_id / f"{frame}.png"
@@ -86,10 +84,8 @@ def write_submission(dataset, predictions: str | os.PathLike, output: str | os.P
                 if problem:
                     raise SubmissionError(problem)
                 zf.writestr(f"{root}{video}/{exp_id}/{frame}.png", data)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(output, save)
     return len(expected)
 
 
