@@ -17,6 +17,7 @@ from torch import Tensor
 from .modeling import SSAOutput
 
 SELECTIONS = ("union", "top1")
+_UPSAMPLE_ELEMENTS = 2**25  # float logits upsampled at once by query_masks (128 MB)
 
 
 @dataclass
@@ -57,6 +58,38 @@ def resize_mask_logits(
     return up[..., : image_size[0], : image_size[1]]
 
 
+def query_masks(
+    embed: Tensor,
+    features: Tensor,
+    *,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    output_size: tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The masks of Q selected video queries on T frames.
+
+    embed: (Q, C) their mask embeddings; features: (T, C, h, w) video mask features at stride 4.
+    Returns masks (Q, T, H, W) bool at ``output_size`` (default: the image size), and per query the
+    summed foreground probability inside its mask and the mask's area, both (Q,) at the image size:
+    the parts of the mask score, which add up over frames.
+    """
+    logits = torch.einsum("qc,tchw->qthw", embed, features)
+    logits = resize_mask_logits(logits, padded_size=padded_size, image_size=image_size)
+    prob = logits.sigmoid()
+    hard = prob > 0.5
+    num = (prob * hard).flatten(1).sum(1)
+    area = hard.flatten(1).sum(1)
+    size = tuple(output_size or image_size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits > 0, num, area
+    # Upsampled a few queries at a time: Q float planes of a 4K frame would take 33 MB each.
+    masks = torch.empty((*logits.shape[:2], *size), dtype=torch.bool, device=logits.device)
+    step = max(1, _UPSAMPLE_ELEMENTS // (logits.shape[1] * size[0] * size[1]))
+    for q in range(0, logits.shape[0], step):
+        masks[q:q + step] = F.interpolate(logits[q:q + step], size=size, mode="bilinear", align_corners=False) > 0
+    return masks, num, area
+
+
 def postprocess(
     output: SSAOutput,
     *,
@@ -79,15 +112,11 @@ def postprocess(
         num = torch.zeros(len(idx), device=feats.device)
         den = torch.zeros(len(idx), device=feats.device)
         for start in range(0, T, frame_chunk):
-            logits = torch.einsum("qc,tchw->qthw", embed[b, idx], feats[start:start + frame_chunk])
-            logits = resize_mask_logits(logits, padded_size=output.padded_size, image_size=output.image_size)
-            prob = logits.sigmoid()
-            hard = prob > 0.5
-            num += (prob * hard).flatten(1).sum(1)
-            den += hard.flatten(1).sum(1)
-            if tuple(logits.shape[-2:]) != tuple(size):
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            inst[:, start:start + frame_chunk] = logits > 0
+            masks, n, d = query_masks(embed[b, idx], feats[start:start + frame_chunk], padded_size=output.padded_size,
+                                      image_size=output.image_size, output_size=size)
+            num += n
+            den += d
+            inst[:, start:start + frame_chunk] = masks
         results.append(
             VideoPrediction(
                 masks=inst.any(0),

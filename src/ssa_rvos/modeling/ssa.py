@@ -152,6 +152,20 @@ class SSA(nn.Module):
             video_mask_features=self.video_decoder.mask_features(pix.fpn),
         )
 
+    def forward_mask_features(self, images: Tensor, text: TextFeatures, *, sentence: Tensor | None = None) -> Tensor:
+        """The video-level mask features alone, (BT, Cm, H/4, W/4): the frame stage without its frame
+        decoder, the same computation as ``forward_frames(...).video_mask_features``.
+
+        Inference on a long video runs the frame stage twice (queries first, then masks for the queries
+        the video stage chose) instead of holding every frame's mask features; the second pass needs
+        no frame decoder.
+        """
+        features = self.backbone(images, text)
+        if sentence is None:
+            sentence = self.sentence_proj(text.sentence)
+        pix = self.pixel_decoder(features, sentence[:, None, :])
+        return self.video_decoder.mask_features(pix.fpn)
+
     def forward_video(self, frame_queries: Tensor, sentence_tokens: Tensor):
         """frame_queries: (K, B, T, N, C); sentence_tokens: (B, T, C). The K query layers are
         folded into the batch; returns the video decoder output with leading (K, B) dims."""
