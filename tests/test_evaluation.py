@@ -164,7 +164,7 @@ def test_evaluate_command_prints_table_and_writes_report(mevis, tmp_path, capsys
     (["--split", "valid", "--predictions", "NOPE"], 1, "valid"),  # split folder not generated
     (["--predictions", "NOPE"], 1, "NOPE"),
     ([], 2, "either --predictions"),
-    (["--model", "ssa_tiny"], 2, "no trained weights"),
+    (["--model", "ssa_tiny"], 2, "without trained weights"),
     (["--model", "missing.safetensors"], 2, "missing.safetensors"),
 ])
 def test_evaluate_command_errors_are_one_line(mevis, tmp_path, capsys, argv, code, needle):

@@ -97,20 +97,19 @@ def _open_dataset(name: str, root: str, split: str | None):
     return readers[name](root, split or DEFAULT_SPLIT[name])
 
 
-def _load_model(spec: str, device: str | None):
+def _load_model(spec: str | None, device: str | None):
+    """The model named by --model (None: the bundled default); bad names are usage errors."""
     import torch
 
-    from .build import list_models
     from .checkpoint import load_model
+    from .pretrained import resolve_weights
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    path = Path(spec)
-    if path.is_file():
-        return load_model(path, device=device)
-    if spec in list_models():
-        raise UsageError(f"--model {spec}: this preset has no trained weights; pass a checkpoint file "
-                         "(e.g. one made by `ssa-rvos convert`)")
-    raise UsageError(f"--model {spec}: no such checkpoint file")
+    try:
+        path = resolve_weights(spec)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--model: {e}") from None
+    return load_model(path, device=device).eval()
 
 
 def _predict(args: argparse.Namespace, dataset, output: Path) -> None:
@@ -247,6 +246,200 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_clip(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .data.masks import write_json_atomic
+    from .training.clip_pretrain import ClipPretrainConfig, pretrain_clip
+
+    options = {"root": args.root, "split": args.split, "output": args.output,
+               "eval_split": None if args.eval_split.lower() == "none" else args.eval_split}
+    for name in ("steps", "batch_size", "lr", "image_size", "threads", "seed", "eval_every", "device"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    try:
+        config = ClipPretrainConfig.from_dict(options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    metrics = pretrain_clip(config, progress=not args.quiet)
+    report = Path(config.output).with_suffix(".json")
+    write_json_atomic(report, {"config": dataclasses.asdict(config), **metrics})
+    line = f"wrote {config.output} after {config.steps} steps (loss {metrics['first_loss']:.3f} -> {metrics['loss']:.3f})"
+    if "i2t" in metrics:
+        line += (f"; held-out {config.eval_split} top-1 retrieval image->text {metrics['i2t']:.3f}, "
+                 f"text->image {metrics['t2i']:.3f}")
+    print(line)
+    print(f"metrics: {report}")
+    return 0
+
+
+def _read_texts_file(path: str) -> list[str]:
+    """One expression per non-empty line of a UTF-8 file (a byte-order mark is allowed)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"--texts-file {p}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"--texts-file {p}: cannot read it ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--texts-file {p}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place, replacing an older one of that name (a rerun)."""
+    import shutil
+    import uuid
+
+    old = None
+    if final.is_dir():
+        old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import shutil
+    import uuid
+    import warnings
+
+    import numpy as np
+
+    texts = list(args.text or [])
+    for t in texts:
+        if not t.strip():
+            raise UsageError(f"--text {t!r}: an empty expression")
+    if args.texts_file:
+        texts += _read_texts_file(args.texts_file)
+    if not texts:
+        raise UsageError("no expression: give --text (repeatable) or --texts-file" +
+                         (f" ({args.texts_file} has no non-empty line)" if args.texts_file else ""))
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out}: is a file, expected a folder")
+    if args.every < 1:
+        raise UsageError(f"--every must be >= 1, got {args.every}")
+    if args.start < 0:
+        raise UsageError(f"--start must be >= 0, got {args.start}")
+    if args.end is not None and args.end <= args.start:
+        raise UsageError(f"--end ({args.end}) must be greater than --start ({args.start})")
+    if args.frame_chunk < 1:
+        raise UsageError(f"--frame-chunk must be >= 1, got {args.frame_chunk}")
+    if args.short_side is not None and args.short_side < 1:
+        raise UsageError(f"--short-side must be >= 1, got {args.short_side}")
+    for e in range(len(texts)):
+        if (out / str(e)).exists() and not (out / str(e)).is_dir():
+            raise UsageError(f"--output {out}: {out / str(e)} is a file, where the masks of expression {e} go")
+
+    from .data.masks import rle_encode, write_json_atomic, write_mask_png
+    from .data.video import VideoWriter, draw_overlay, open_video
+    from .predictor import SSAPredictor, resolve_device
+
+    try:
+        video = open_video(args.input)  # checks the input before the model is loaded
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
+    model = _load_model(args.model, str(device))
+    predictor = SSAPredictor(model, frame_chunk=args.frame_chunk, short_side=args.short_side,
+                             threshold=args.threshold, selection=args.selection)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        texts = predictor.check_texts(texts)
+    for w in caught:
+        print(f"ssa-rvos segment: warning: {w.message}", file=sys.stderr)
+
+    progress = not args.quiet
+    state = predictor.init_state(video, start=args.start, end=args.end, every=args.every, progress=progress)
+    png = args.format in ("png", "both")
+    rle = args.format in ("rle", "both")
+    E, T = len(texts), state.num_frames
+    H, W = state.original_size
+    tmp_dirs: list[Path] = []
+    writer = None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"expression \d+ .* tokens")  # reported above
+            run = predictor.propagate(state, texts, progress=progress)
+        out.mkdir(parents=True, exist_ok=True)
+        if png:
+            tag = uuid.uuid4().hex[:8]
+            for e in range(E):
+                tmp_dirs.append(out / f".{e}.{tag}.partial")
+                tmp_dirs[-1].mkdir()
+        if args.overlay:
+            try:
+                writer = VideoWriter(out / "overlay.mp4", fps=state.fps or 10.0)
+            except ImportError as e:
+                raise UsageError(str(e)) from None
+            originals = state.original_frames()
+        mask_rles = [[] for _ in range(E)]
+        inst_rles = [[[] for _ in q] for q in run.query_indices]
+        frames_with_mask = np.zeros(E, dtype=np.int64)
+        area = np.zeros(E, dtype=np.float64)
+        for frame in run:
+            for e in range(E):
+                mask = frame.masks[e]
+                if png:
+                    write_mask_png(tmp_dirs[e] / f"{frame.name}.png", mask)
+                if rle:
+                    mask_rles[e].append(rle_encode(mask))
+                    for q, inst in enumerate(frame.instance_masks[e]):
+                        inst_rles[e][q].append(rle_encode(inst))
+                n = int(mask.sum())
+                frames_with_mask[e] += n > 0
+                area[e] += n / (H * W)
+            if writer is not None:
+                writer.write(draw_overlay(next(originals), frame.masks, texts))
+        # Everything is computed: now each output appears under its name, all at once.
+        if writer is not None:
+            writer.close()
+        if rle:
+            write_json_atomic(out / "masks.json", {
+                "input": state.source,
+                "model": args.model,
+                "size": [H, W],
+                "frames": list(state.frame_names),
+                "frame_indices": list(state.frame_indices),
+                "selection": args.selection,
+                "threshold": args.threshold,
+                "expressions": [
+                    {"index": e, "text": texts[e], "masks": mask_rles[e],
+                     "instances": [{"query": int(q), "score": float(s), "mask_score": float(ms), "masks": inst_rles[e][i]}
+                                   for i, (q, s, ms) in enumerate(zip(run.query_indices[e], run.scores[e],
+                                                                      run.mask_scores[e]))]}
+                    for e in range(E)],
+            })
+        for e, tmp in enumerate(tmp_dirs):
+            _replace_dir(tmp, out / str(e))
+        tmp_dirs = []
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        for tmp in tmp_dirs:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        state.close()
+    for e, text in enumerate(texts):
+        scores = run.scores[e]
+        top = f"top score {scores.max():.3f}" if len(scores) else "no query selected"
+        print(f"[{e}] {text!r}: mask in {frames_with_mask[e]}/{T} frames, mean area {100 * area[e] / T:.1f}%, "
+              f"{len(scores)} {'query' if len(scores) == 1 else 'queries'}, {top}")
+    written = [f"{E} mask folders" if png else None, "masks.json" if rle else None,
+               "overlay.mp4" if args.overlay else None]
+    print(f"wrote {', '.join(w for w in written if w)} to {out} ({T} frames of {H}x{W})")
+    return 0
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, *, split_help: str) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="dataset root folder")
@@ -329,6 +522,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="train,valid_u", help="comma-separated split names (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("pretrain-clip", help="contrastive pretraining of the tiny CLIP on SynthRef frames and captions")
+    p.add_argument("--root", required=True, help="SynthRef folder (made by `ssa-rvos synth`)")
+    p.add_argument("--split", default="train", help="training split (default: %(default)s)")
+    p.add_argument("--eval-split", default="valid_u", help="held-out split for retrieval accuracy, or 'none' "
+                   "(default: %(default)s)")
+    p.add_argument("-o", "--output", default="runs/synthref_clip/ssa_tiny_clip.safetensors",
+                   help="the CLIP weights to write, .safetensors (default: %(default)s); metrics go beside it as .json")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: 2000)")
+    p.add_argument("--batch-size", type=int, help="image-caption pairs per step (default: 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--image-size", type=int, help="training crop side in pixels (default: 64)")
+    p.add_argument("--eval-every", type=int, help="also evaluate every N steps (default: at the end only)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--device", help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain_clip)
+
+    p = sub.add_parser("segment", help="segment what sentences refer to in your own video")
+    p.add_argument("input", help="a video file (mp4, avi, mkv, webm, ogv, ...), a folder of JPEG/PNG frames, or an image")
+    p.add_argument("--text", "-t", action="append", metavar="T", help="a referring expression (repeat for several)")
+    p.add_argument("--texts-file", metavar="F", help="a UTF-8 file of expressions, one per non-empty line")
+    p.add_argument("--output", "-o", required=True, help="output folder: <expression index>/<frame>.png, masks.json, "
+                   "overlay.mp4")
+    p.add_argument("--model", help="a model name or checkpoint (default: the bundled ssa_tiny.synthref)")
+    p.add_argument("--selection", choices=("union", "top1"), default="union",
+                   help="union: every video query above --threshold (multiple targets); top1: the best (default: "
+                        "%(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of 'union' (default: %(default)s)")
+    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4: coloured masks and the sentences")
+    p.add_argument("--every", type=int, default=1, help="use every N-th frame (default: %(default)s)")
+    p.add_argument("--start", type=int, default=0, help="first frame index (default: %(default)s)")
+    p.add_argument("--end", type=int, help="stop before this frame index (default: the last frame)")
+    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, mps (default: "
+                   "%(default)s)")
+    p.add_argument("--format", choices=("png", "rle", "both"), default="png",
+                   help="png: 0/255 mask per frame; rle: masks.json with COCO RLEs and scores (default: %(default)s)")
+    p.add_argument("--frame-chunk", type=int, default=18,
+                   help="images per frame-stage pass (default: %(default)s); memory does not grow with the video")
+    p.add_argument("--short-side", type=int, help="test resize short side (default: the model's, else 480)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("masks", help="convert MeViS mask_dict.json <-> <video>/<exp_id>/<frame>.png folders")
     msub = p.add_subparsers(dest="direction", required=True)

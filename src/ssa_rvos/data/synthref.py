@@ -42,6 +42,7 @@ from PIL import Image
 from .masks import rle_encode, write_json_atomic
 
 __all__ = [
+    "expression_kinds",
     "BACKGROUNDS",
     "COLOURS",
     "DIRECTIONS",
@@ -853,41 +854,32 @@ def generate(out: str | os.PathLike, *, videos: int, frames: int, size: int | tu
             for split in splits}
 
 
+def expression_kinds(root: str | os.PathLike, split: str) -> dict[tuple[str, str], str]:
+    """``{(video, exp_id): kind}`` of a SynthRef split, from its meta_expressions.json."""
+    from .samples import DatasetError, read_json
+
+    path = Path(root) / split / "meta_expressions.json"
+    videos = read_json(path).get("videos", {})
+    kinds = {}
+    for video, entry in videos.items():
+        for exp_id, e in entry.get("expressions", {}).items():
+            if "kind" not in e:
+                raise DatasetError(f"{path}: expression {video}/{exp_id} has no 'kind' (not a SynthRef split?)")
+            kinds[(video, str(exp_id))] = e["kind"]
+    return kinds
+
+
 def write_demo_video(path: str | os.PathLike, *, seed: int, frames: int, size: int | tuple[int, int],
                      fps: int = 8) -> dict:
-    """Render the video ``render_video(seed, ...)`` to an mp4 (H.264 if available, else MPEG-4 Part 2;
-    yuv420p, so an odd height or width is padded by one edge pixel) and return its expressions
-    ``{exp_id: {"exp", "obj_id", "kind"}}`` (obj_id as in :func:`render_video`)."""
-    try:
-        import av
-    except ImportError as e:
-        raise ImportError("writing a video needs PyAV: pip install ssa-rvos[video]") from e
+    """Render the video ``render_video(seed, ...)`` to an mp4 with :class:`ssa_rvos.data.video.VideoWriter`
+    (H.264 if available, else MPEG-4 Part 2; yuv420p, so an odd height or width is padded by one edge
+    pixel) and return its expressions ``{exp_id: {"exp", "obj_id", "kind"}}`` (obj_id as in
+    :func:`render_video`)."""
+    from .video import VideoWriter
+
     video = render_video(int(seed), frames=frames, size=size)
-    images = video.frames
-    h, w = images.shape[1:3]
-    images = np.pad(images, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")  # yuv420p needs even sides
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".mp4")
-    os.close(fd)
-    try:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        with av.open(tmp, mode="w") as container:  # the container follows the suffix (.mp4 when none)
-            stream = container.add_stream(codec, rate=int(fps))
-            stream.width, stream.height = images.shape[2], images.shape[1]
-            stream.pix_fmt = "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": "18"}
-            else:
-                stream.bit_rate = 4_000_000
-            for image in images:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():  # flush the encoder's delayed frames
-                container.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with VideoWriter(path, fps=fps) as writer:
+        for image in video.frames:
+            writer.write(image)
     return {str(k): {"exp": e["exp"], "obj_id": list(e["obj_id"]), "kind": e["kind"]}
             for k, e in enumerate(video.expressions)}

@@ -13,7 +13,7 @@ expression folder scores J = F = 0 and is listed; a missing frame counts as an e
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,24 @@ class EvaluationReport:
             rows.append(f"{'':<10}{f'anno_{k}':<10}{100 * ann['J-Mean']:>8.2f}{100 * ann['F-Mean']:>8.2f}"
                         f"{100 * ann['J&F-Mean']:>8.2f}")
         return "\n".join(rows)
+
+
+def scores_by_group(report: EvaluationReport, groups: Mapping[tuple[str, str], str]) -> dict[str, dict[str, float]]:
+    """Mean J, F and J&F of a per-expression report over groups of expressions (e.g. SynthRef's
+    expression kinds): ``groups[(video, exp_id)]`` names the group of each expression. Returns
+    ``{group: {"J", "F", "J&F", "expressions"}}`` in percent, ``"overall"`` first; expressions that no
+    group names count in "overall" only."""
+    buckets: dict[str, list[ExpressionScore]] = {"overall": list(report.expressions)}
+    for e in report.expressions:
+        group = groups.get((e.video, e.exp_id))
+        if group is not None:
+            buckets.setdefault(group, []).append(e)
+    out = {}
+    for name, scores in buckets.items():
+        j = float(np.mean([e.j for e in scores])) if scores else 0.0
+        f = float(np.mean([e.f for e in scores])) if scores else 0.0
+        out[name] = {"J": 100 * j, "F": 100 * f, "J&F": 50 * (j + f), "expressions": len(scores)}
+    return out
 
 
 def read_prediction(folder: Path, frames: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:

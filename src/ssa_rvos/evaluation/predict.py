@@ -80,7 +80,7 @@ def predict_split(model, dataset, output: str | os.PathLike, *, selection: str |
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     selection = selection or DEFAULT_SELECTION.get(dataset.name, "top1")
-    short_side = short_side or TEST_SHORT_SIDE.get(dataset.name, 480)
+    short_side = short_side or model.config.test_short_side or TEST_SHORT_SIDE.get(dataset.name, 480)
     model.eval()
     stats = PredictionStats()
     bar = tqdm(total=len(dataset.expressions), desc=f"predict {dataset.name} {dataset.split}", unit="exp",

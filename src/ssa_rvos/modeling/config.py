@@ -99,6 +99,9 @@ class SSAConfig:
     pixel_mean: tuple[float, float, float] = CLIP_PIXEL_MEAN
     pixel_std: tuple[float, float, float] = CLIP_PIXEL_STD
     size_divisibility: int = 32
+    # Short side of the test resize this model was trained for (None: the benchmark's, 448 for MeViS and
+    # 480 otherwise). Not part of the network: the predictor reads it.
+    test_short_side: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

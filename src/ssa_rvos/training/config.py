@@ -59,10 +59,28 @@ class ModelConfig:
     # The authors' CLIP: open_clip convnext_large_d_320 laion2b_s29b_b131k_ft_soup (their README).
     clip_weights: str | None = "laion2b_s29b_b131k_ft_soup"
     init_from: str | None = None
+    # The paper's ablation switches (Table 4): false trains on frozen CLIP features only, or without
+    # sequential alignment (video queries from the mean of the frame queries).
+    use_adapters: bool = True
+    sequential_alignment: bool = True
+    # Test resize saved with the model (None: the benchmark's, 448 for MeViS and 480 otherwise); a model
+    # trained on small frames, like the SynthRef one, predicts at the size it was trained at.
+    test_short_side: int | None = None
+
+    def ssa_config(self):
+        """The network this section describes: the preset with the switches above applied."""
+        from ..build import model_config
+
+        base = model_config(self.preset)
+        return dataclasses.replace(
+            base, use_adapters=self.use_adapters, test_short_side=self.test_short_side,
+            video_decoder=dataclasses.replace(base.video_decoder, sequential_alignment=self.sequential_alignment))
 
     def __post_init__(self) -> None:
         if self.preset not in list_models():
             raise ValueError(f"model.preset: unknown model {self.preset!r}; available: {', '.join(list_models())}")
+        if self.test_short_side is not None and self.test_short_side < 1:
+            raise ValueError(f"model.test_short_side must be >= 1 or null, got {self.test_short_side}")
 
 
 @dataclass(frozen=True)

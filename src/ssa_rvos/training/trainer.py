@@ -528,7 +528,7 @@ def train(config: TrainConfig, *, resume: bool = False, eval_fn: EvalFn | None =
         if not env.main:
             _barrier(env)
         torch.manual_seed(config.seed)
-        model = build_model(config.model.preset, clip_weights=config.model.clip_weights).to(env.device)
+        model = build_model(config.model.ssa_config(), clip_weights=config.model.clip_weights).to(env.device)
         if env.main:
             _barrier(env)
         optimizer = build_optimizer(model, config.optim)
