@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,22 @@ def test_masks_command_both_directions(tmp_path, capsys):
     assert "nowhere" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert main(["masks", "to-json", str(tmp_path / "pngs"), "-o", str(tmp_path / "x.txt")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_atomic_writes_are_readable_by_all_and_leave_nothing_on_failure(tmp_path):
+    import stat
+
+    from ssa_rvos.fileio import atomic_write
+
+    write_mask_png(tmp_path / "m.png", np.ones((3, 4), dtype=bool))
+    assert stat.S_IMODE((tmp_path / "m.png").stat().st_mode) == 0o644  # not mkstemp's 0600
+    (tmp_path / "keep.txt").write_text("old")
+
+    def failing(tmp):
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "keep.txt", failing)
+    assert (tmp_path / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "m.png"]
