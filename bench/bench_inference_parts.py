@@ -1,0 +1,345 @@
+"""Where inference time goes: the frozen CLIP backbone alone against the whole SSA model, part by part.
+
+For each clip length T (default 8, 32 and 128 frames) a fresh Python process builds the model with random
+weights (time does not depend on them), draws one random clip of T frames and takes one expression, then
+measures, after ``--warmup`` untimed runs, the median of ``--repeats`` runs of
+
+* **backbone**: the frozen CLIP image trunk alone (its stem and four ConvNeXt stages, without the adapters)
+  on the normalised frames, ``--frame-chunk`` images at a time as the model runs them: the floor of this
+  design, which cannot be faster than the backbone it adapts;
+* **whole model**: ``SSA.forward(frames, [text], frame_chunk=...)`` then ``ssa_rvos.postprocess.postprocess``
+  (the masks at the input size);
+* **breakdown**: the whole model again, with timers around its parts, installed from this script (forward
+  hooks and wrapped methods, each also a ``torch.profiler.record_function`` range): text encoding, CLIP
+  stages, adapters, pixel decoder, frame decoder, video mask features (the 1x1 projection of the stride-4
+  map the video masks read), trajectory matching, temporal enhancement, video decoder (the rest of the
+  video stage) and postprocess (mask embedding x features, upsampling, thresholding); ``other`` is what no
+  part covers (normalising and padding, concatenating the chunks). Every part boundary synchronises on
+  CUDA, so the breakdown's total is a little above the clean one; the shares are what to read from it.
+
+Reported per T: milliseconds per frame of the backbone and of the whole model, the throughput ratio
+whole / backbone (issue 7's goal: >= 0.8), the peak memory (CUDA ``max_memory_allocated`` or the
+process's ``ru_maxrss``) and the share of every part.
+
+    python bench/bench_inference_parts.py --threads 2                       # ssa_tiny on CPU, 96x128
+    python bench/bench_inference_parts.py --model ssa_convnext_large --size 224 400 --frames 8 32
+    python bench/bench_inference_parts.py --model ssa_convnext_large --device cuda --dtype bf16 \\
+        --output bench/results/inference_parts_h100_large_bf16.json       # 448x800 on a GPU
+    OMP_NUM_THREADS=1 python bench/bench_inference_parts.py --frames 2 --size 64 64 --repeats 1 --warmup 0
+
+Default sizes: ``ssa_tiny`` 96x128, ``ssa_convnext_large`` 448x800 (the MeViS test short side 448).
+``--trace DIR`` also writes one Chrome trace per T (``torch.profiler``, open in chrome://tracing or
+Perfetto) with the parts as named ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
+TEXT = "the red square moving to the left"
+# Table order; "other" is the whole model's time that no part covers.
+PARTS = ("text encoding", "CLIP stages", "adapters", "pixel decoder", "frame decoder", "video mask features",
+         "trajectory matching", "temporal enhancement", "video decoder", "postprocess", "other")
+
+
+def machine() -> dict:
+    """The CPU, thread count, torch version and GPU of this process (call after setting the threads)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ------------------------------------------------------------------------------------------------ timers
+
+
+class PartTimer:
+    """Exclusive wall time per label over nested ``enter``/``exit`` pairs: a part's time excludes the
+    labelled parts called inside it. ``sync`` runs at every boundary (``torch.cuda.synchronize`` on CUDA)
+    so that asynchronous GPU work lands in the part that launched it."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        import torch
+
+        self._record = torch.profiler.record_function
+        self.sync = sync
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._stack: list[list] = []  # [label, start, seconds of labelled children, record_function range]
+
+    def enter(self, label: str) -> None:
+        self.sync()
+        scope = self._record(label)
+        scope.__enter__()
+        self._stack.append([label, time.perf_counter(), 0.0, scope])
+
+    def exit(self) -> None:
+        self.sync()
+        label, start, children, scope = self._stack.pop()
+        elapsed = time.perf_counter() - start
+        scope.__exit__(None, None, None)
+        self.seconds[label] += elapsed - children
+        if self._stack:
+            self._stack[-1][2] += elapsed
+
+    @contextlib.contextmanager
+    def part(self, label: str):
+        self.enter(label)
+        try:
+            yield
+        finally:
+            self.exit()
+
+
+def instrument(model, timer: PartTimer) -> Callable[[], None]:
+    """Put timers around the parts of ``model`` (an SSA); returns the function that removes them.
+
+    Modules get forward pre-/post-hooks; the text encoder and the temporal enhancement are methods, wrapped
+    on the instance; the trajectory matching is a function the video decoder module imports by name.
+    """
+    import ssa_rvos.modeling.video_decoder as video_decoder_module
+
+    handles = []
+
+    def hook(module, label: str) -> None:
+        handles.append(module.register_forward_pre_hook(lambda *_: timer.enter(label)))
+        handles.append(module.register_forward_hook(lambda *_: timer.exit()))
+
+    def timed(fn: Callable, label: str) -> Callable:
+        def wrapper(*args, **kwargs):
+            with timer.part(label):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    backbone, trunk = model.backbone, model.backbone.clip.visual.trunk
+    hook(trunk.stem, "CLIP stages")
+    for stage in trunk.stages:
+        hook(stage, "CLIP stages")
+    for adapter in backbone.adapters or ():
+        hook(adapter, "adapters")
+    hook(model.sentence_proj, "text encoding")
+    hook(model.pixel_decoder, "pixel decoder")
+    hook(model.frame_decoder, "frame decoder")
+    hook(model.video_decoder.mask_features, "video mask features")
+    hook(model.video_decoder, "video decoder")
+    model.encode_text = timed(model.encode_text, "text encoding")
+    model.video_decoder.temporal_enhancement = timed(model.video_decoder.temporal_enhancement, "temporal enhancement")
+    match = video_decoder_module.match_trajectories
+    video_decoder_module.match_trajectories = timed(match, "trajectory matching")
+
+    def remove() -> None:
+        for h in handles:
+            h.remove()
+        del model.encode_text, model.video_decoder.temporal_enhancement  # back to the class's methods
+        video_decoder_module.match_trajectories = match
+
+    return remove
+
+
+# ------------------------------------------------------------------------------------------------ child
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from ssa_rvos.build import build_model
+    from ssa_rvos.postprocess import postprocess
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if args.dtype == "bf16" else contextlib.nullcontext
+    torch.manual_seed(0)
+    model = build_model(args.model).to(device).eval()
+    T, (H, W), chunk = args.length, args.size, args.frame_chunk
+    frames = torch.randint(0, 256, (T, 3, H, W), generator=torch.Generator().manual_seed(0)).float().to(device)
+    trunk = model.backbone.clip.visual.trunk
+
+    @torch.inference_mode()
+    def backbone_only() -> None:
+        with autocast():
+            images, _ = model.preprocess(frames)
+            for s in range(0, T, chunk):
+                x = trunk.stem(images[s:s + chunk])
+                for stage in trunk.stages:
+                    x = stage(x)
+
+    @torch.inference_mode()
+    def whole_model(timer: PartTimer | None = None) -> None:
+        with autocast():
+            out = model(frames[None], [TEXT], frame_chunk=chunk)
+        with timer.part("postprocess") if timer is not None else contextlib.nullcontext():
+            # fp32 mask head, as the predictor runs it
+            out.video_mask_features = out.video_mask_features.float()
+            out.video_mask_embed = out.video_mask_embed.float()
+            out.video_logits = out.video_logits.float()
+            postprocess(out, selection=args.selection)
+
+    def timed_runs(fn: Callable[[], None]) -> list[float]:
+        for _ in range(args.warmup):
+            fn()
+        seconds = []
+        for _ in range(args.repeats):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+    baseline_rss = _rss_mib()
+    backbone_s = timed_runs(backbone_only)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    whole_s = timed_runs(whole_model)
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+
+    # The breakdown: the same calls with timers (already warm, so no warmup of their own).
+    timer = PartTimer(sync)
+    remove = instrument(model, timer)
+    instrumented = []
+    for _ in range(args.repeats):
+        sync()
+        start = time.perf_counter()
+        with timer.part("other"):
+            whole_model(timer)
+        instrumented.append(time.perf_counter() - start)
+    if args.trace:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        counted = dict(timer.seconds)  # the traced run (slowed by the profiler) does not count
+        with profile(activities=activities) as prof:
+            with timer.part("other"):
+                whole_model(timer)
+        Path(args.trace).mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(Path(args.trace) / f"trace_{args.model}_T{T}.json"))
+        timer.seconds = defaultdict(float, counted)
+    remove()
+    parts = {label: timer.seconds.get(label, 0.0) / args.repeats for label in PARTS}
+
+    backbone, whole = statistics.median(backbone_s), statistics.median(whole_s)
+    out = {"model": args.model, "frames": T, "size": [H, W], "padded_size": list(model.preprocess(frames[:1])[0].shape[-2:]),
+           "device": str(device), "dtype": args.dtype, "frame_chunk": chunk, "selection": args.selection,
+           "backbone_seconds": backbone_s, "whole_seconds": whole_s, "instrumented_seconds": instrumented,
+           "backbone_ms_per_frame": 1e3 * backbone / T, "whole_ms_per_frame": 1e3 * whole / T,
+           "throughput_ratio": backbone / whole, "parts_seconds": parts,
+           "peak_rss_mib": _rss_mib(), "baseline_rss_mib": baseline_rss, "cuda_peak_mib": cuda_peak,
+           "machine": machine()}
+    print(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+
+def print_tables(results: list[dict]) -> None:
+    r0 = results[0]
+    m = r0["machine"]
+    print(f"machine: {m['cpu']} ({m['cpu_count']} cores, {m['threads']} torch threads), torch {m['torch']}"
+          + (f", GPU {m['gpu']}" if r0["device"].startswith("cuda") else ""))
+    print(f"{r0['model']} on {r0['device']} in {r0['dtype']}, {r0['size'][0]}x{r0['size'][1]} frames (padded to "
+          f"{r0['padded_size'][0]}x{r0['padded_size'][1]}), 1 expression, frame chunk {r0['frame_chunk']}, "
+          f"random weights; median of {len(r0['whole_seconds'])} run(s)\n")
+    memory = "CUDA peak" if r0["cuda_peak_mib"] is not None else "peak RSS"
+    print(f"{'T':>5} | {'backbone ms/frame':>17} | {'whole ms/frame':>14} | {'whole/backbone throughput':>25} | {memory:>10}")
+    print(f"{'-' * 5}-+-{'-' * 17}-+-{'-' * 14}-+-{'-' * 25}-+-{'-' * 10}")
+    for r in results:
+        peak = r["cuda_peak_mib"] if r["cuda_peak_mib"] is not None else r["peak_rss_mib"]
+        print(f"{r['frames']:>5} | {r['backbone_ms_per_frame']:>17.2f} | {r['whole_ms_per_frame']:>14.2f} | "
+              f"{r['throughput_ratio']:>25.2f} | {peak:>6.0f} MiB")
+    print("\ngoal: whole/backbone throughput >= 0.8\n")
+    print("where the whole model's time goes (ms per frame, share of the instrumented run):")
+    header = "".join(f" | {'T=' + str(r['frames']):>16}" for r in results)
+    print(f"{'part':<21}{header}")
+    print("-" * 21 + "-+-".join([""] + ["-" * 16] * len(results)))
+    for label in PARTS:
+        cells = ""
+        for r in results:
+            total = sum(r["parts_seconds"].values())
+            s = r["parts_seconds"][label]
+            cells += f" | {1e3 * s / r['frames']:>9.2f} ({s / total:>4.0%})"
+        print(f"{label:<21}{cells}")
+    totals = "".join(f" | {1e3 * statistics.median(r['instrumented_seconds']) / r['frames']:>16.2f}" for r in results)
+    print(f"{'total (instrumented)':<21}{totals}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="ssa_tiny", choices=sorted(DEFAULT_SIZES), help="preset, random weights")
+    p.add_argument("--frames", type=int, nargs="+", default=[8, 32, 128], help="clip lengths T (default: 8 32 128)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="frame size (default: 96 128 for ssa_tiny, 448 800 for ssa_convnext_large)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast, CUDA only")
+    p.add_argument("--frame-chunk", type=int, default=18, help="images per frame-stage call (default: 18)")
+    p.add_argument("--selection", default="top1", choices=("top1", "union"),
+                   help="postprocess query selection (default top1: union's count is arbitrary with random weights)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default: 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs, the median is reported (default: 3)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--trace", metavar="DIR", help="also write a torch.profiler Chrome trace per T here")
+    p.add_argument("--output", help="also write the results as JSON here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.size = list(args.size or DEFAULT_SIZES[args.model])
+    if args.repeats < 1 or args.warmup < 0 or args.frame_chunk < 1 or min(args.frames) < 1:
+        p.error("--repeats, --frame-chunk and --frames must be >= 1, --warmup >= 0")
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.dtype == "bf16" and args.device != "cuda":
+        p.error("--dtype bf16 runs under CUDA autocast; on a CPU use fp32")
+    if args.child:
+        child(args)
+        return 0
+
+    results = []
+    for length in args.frames:
+        print(f"T={length}: {args.model} on {args.device} ({args.dtype})...", file=sys.stderr)
+        cmd = [sys.executable, __file__, "--child", "--length", str(length), "--model", args.model,
+               "--size", *map(str, args.size), "--device", args.device, "--dtype", args.dtype,
+               "--frame-chunk", str(args.frame_chunk), "--selection", args.selection, "--warmup", str(args.warmup),
+               "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        if args.trace:
+            cmd += ["--trace", args.trace]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if done.returncode:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print_tables(results)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"args": vars(args), "machine": results[0]["machine"],
+                                                 "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
