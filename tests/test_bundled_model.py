@@ -3,19 +3,28 @@ and segments unseen SynthRef videos well (a held-out sample, generated with a se
 training or in the published table)."""
 
 import hashlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ssa_rvos.data import MeViS
-from ssa_rvos.data.synthref import expression_kinds, generate_split
+from ssa_rvos.data.masks import read_mask_png
+from ssa_rvos.data.synthref import expression_kinds, generate_split, render_video
 from ssa_rvos.evaluation.evaluate import evaluate_predictions, scores_by_group
 from ssa_rvos.evaluation.predict import predict_split
 from ssa_rvos.pretrained import BUNDLED, DEFAULT_MODEL, bundled_path, load_pretrained
 
-# J&F of the shipped weights on this sample was measured at MEASURED (docs/synthref.md); the floor leaves
-# room for numerical differences across machines while staying far above an untrained model (FLOOR_RANDOM).
-FLOOR = 0.0
+REPO = Path(__file__).resolve().parents[1]
+
+# The shipped weights score J&F 49.4 on this sample (10 videos, 62 expressions; an untrained SSA on the same
+# frozen CLIP scores 5.5). The floor leaves room for numerical differences across machines.
+FLOOR = 35.0
+# IoU of the demo's motion-only target over its 12 frames: 0.24 measured. The shipped model does not yet
+# single that star out (a mask of every object scores 0.23, see docs/synthref.md); this checks that the
+# README's command runs end to end and that its mask covers the target, not that it is right.
+DEMO_FLOOR = 0.15
 SAMPLE_SEED = 7  # training used seed 0, the published table seed 1
 
 
@@ -43,3 +52,19 @@ def test_bundled_model_segments_held_out_videos(sample, tmp_path):
     scores = scores_by_group(report, expression_kinds(sample, "valid_u"))
     assert report.num_expressions >= 50 and not report.missing
     assert scores["overall"]["J&F"] >= FLOOR, scores
+
+
+def test_quick_start_command_segments_the_demo(tmp_path, capsys):
+    """The README's first command, on the shipped demo video, with the default model."""
+    from ssa_rvos.cli import main
+
+    out = tmp_path / "out"
+    assert main(["segment", str(REPO / "examples" / "demo.mp4"), "--text", "the star moving to the right",
+                 "--output", str(out), "--quiet"]) == 0
+    assert "[0] 'the star moving to the right'" in capsys.readouterr().out
+    masks = np.stack([read_mask_png(out / "0" / f"{t:05d}.png") for t in range(12)])
+    video = render_video(12, frames=12, size=192)  # examples/README.md: the demo is seed 12
+    target = video.objects[1].masks  # the red star moving right (expression 3 of the demo)
+    assert video.expressions[3] == {"exp": "the star moving to the right", "obj_id": [1], "kind": "motion"}
+    iou = (masks & target).sum() / (masks | target).sum()
+    assert iou >= DEMO_FLOOR

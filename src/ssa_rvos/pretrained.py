@@ -23,7 +23,7 @@ __all__ = ["BUNDLED", "DEFAULT_MODEL", "bundled_path", "list_pretrained", "load_
 
 # name -> (file under ssa_rvos/weights, its SHA-256): a damaged or replaced file is refused
 BUNDLED: dict[str, tuple[str, str]] = {
-    "ssa_tiny.synthref": ("ssa_tiny_synthref.safetensors", "TO-BE-FILLED"),
+    "ssa_tiny.synthref": ("ssa_tiny_synthref.safetensors", "e43765fbc028a11a5184bf621fcee4eae78ec4bbde4ba544ae577fc72d445ff4"),
 }
 DEFAULT_MODEL = "ssa_tiny.synthref"
 HF_PREFIX = "hf://"
