@@ -23,11 +23,8 @@ memory: on CUDA ``max_memory_allocated`` during the timed runs, on a CPU the pro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine, rss_mib
 
 DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 30)}
@@ -44,21 +42,8 @@ TEXTS = [p.format(c) for p in PHRASES for c in COLOURS]  # 16 distinct expressio
 MODES = ("batched", "one by one")
 
 
-def machine() -> dict:
-    """The CPU, thread count, torch version and GPU of this process (call after setting the threads)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def make_video(frames: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -111,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    baseline = _rss_mib()
+    baseline = rss_mib()
     seconds = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -124,7 +109,7 @@ def child(args: argparse.Namespace) -> None:
     out = {"k": k, "mode": args.mode, "api": args.api, "frames": args.frames, "input_size": list(state.input_size),
            "video_size": list(args.size), "model": args.model, "device": str(device), "frame_chunk": args.frame_chunk,
            "decode_seconds": decode, "seconds": seconds, "median_seconds": median, "seconds_per_expression": median / k,
-           "peak_rss_mib": _rss_mib(), "baseline_rss_mib": baseline,
+           "peak_rss_mib": rss_mib(), "baseline_rss_mib": baseline,
            "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None, "machine": machine()}
     out["rss_growth_mib"] = out["peak_rss_mib"] - baseline
     print(json.dumps(out))

@@ -38,8 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from benchutil import machine, rss_mib
+
 DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
 TEXT = "the red square moving to the left"
 # Table order; "other" is the whole model's time that no part covers.
@@ -55,21 +55,8 @@ PARTS = ("text encoding", "CLIP stages", "adapters", "pixel decoder", "frame dec
          "trajectory matching", "temporal enhancement", "video decoder", "postprocess", "other")
 
 
-def machine() -> dict:
-    """The CPU, thread count, torch version and GPU of this process (call after setting the threads)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # ------------------------------------------------------------------------------------------------ timers
@@ -211,7 +198,7 @@ def child(args: argparse.Namespace) -> None:
             seconds.append(time.perf_counter() - start)
         return seconds
 
-    baseline_rss = _rss_mib()
+    baseline_rss = rss_mib()
     backbone_s = timed_runs(backbone_only)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -248,7 +235,7 @@ def child(args: argparse.Namespace) -> None:
            "backbone_seconds": backbone_s, "whole_seconds": whole_s, "instrumented_seconds": instrumented,
            "backbone_ms_per_frame": 1e3 * backbone / T, "whole_ms_per_frame": 1e3 * whole / T,
            "throughput_ratio": backbone / whole, "parts_seconds": parts,
-           "peak_rss_mib": _rss_mib(), "baseline_rss_mib": baseline_rss, "cuda_peak_mib": cuda_peak,
+           "peak_rss_mib": rss_mib(), "baseline_rss_mib": baseline_rss, "cuda_peak_mib": cuda_peak,
            "machine": machine()}
     print(json.dumps(out))
 

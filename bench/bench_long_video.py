@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import rss_mib
 
 
 def write_video(path: Path, *, frames: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -51,8 +51,6 @@ def write_video(path: Path, *, frames: int, size: tuple[int, int], seed: int = 0
             writer.write(image)
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def child(args: argparse.Namespace) -> None:
@@ -79,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    baseline = _rss_mib()
+    baseline = rss_mib()
     start = time.perf_counter()
     frames = 0
     with predictor.init_state(args.video, end=args.length) as state:
@@ -91,7 +89,7 @@ def child(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     out = {"frames": frames, "texts": len(texts), "seconds": seconds, "decode_seconds": decoded - start,
-           "fps": frames / seconds, "input_size": list(state.input_size), "peak_rss_mib": _rss_mib(),
+           "fps": frames / seconds, "input_size": list(state.input_size), "peak_rss_mib": rss_mib(),
            "baseline_rss_mib": baseline, "device": str(device), "threads": torch.get_num_threads()}
     out["rss_growth_mib"] = out["peak_rss_mib"] - baseline
     if device.type == "cuda":

@@ -33,36 +33,22 @@ a ``torch.compile``'d model to every run; when compiling fails the run goes on i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchutil import machine, rss_mib
+
 AMP = ("off", "bf16", "fp16")
 SETUPS = ("tiny", "paper")
 
 
-def machine() -> dict:
-    """The CPU, thread count, torch version and GPU of this process (call after setting the threads)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def setup_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -129,7 +115,7 @@ def child(args: argparse.Namespace) -> None:
 
     compile_error = None
     cuda_warmup_peak = None
-    baseline = _rss_mib()
+    baseline = rss_mib()
     seconds, losses = [], []
     for step, micro_batches in enumerate(steps):
         if cuda and step == args.warmup:
@@ -163,7 +149,7 @@ def child(args: argparse.Namespace) -> None:
            "trainable_parameters": sum(p.numel() for p in trainable), "build_seconds": build_seconds,
            "step_seconds": seconds, "warmup": args.warmup, "median_step_seconds": median,
            "first_step_seconds": seconds[0], "compile_seconds": seconds[0] - median if net is not model else None,
-           "losses": losses, "peak_rss_mib": _rss_mib(), "baseline_rss_mib": baseline,
+           "losses": losses, "peak_rss_mib": rss_mib(), "baseline_rss_mib": baseline,
            "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
            "cuda_warmup_peak_mib": cuda_warmup_peak, "machine": machine()}
     out["rss_growth_mib"] = out["peak_rss_mib"] - baseline
