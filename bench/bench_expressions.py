@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from benchutil import machine, rss_mib
+from benchutil import machine, rss_mib, run_child, write_results
 
 DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 30)}
@@ -182,16 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                    "--frames", str(args.frames), "--size", *map(str, args.size), "--short-side", str(args.short_side),
                    "--frame-chunk", str(args.frame_chunk), "--api", args.api, "--repeats", str(args.repeats),
                    "--device", args.device, "--threads", str(args.threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            if done.returncode:
-                print(done.stderr, file=sys.stderr)
-                return done.returncode
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results.append(run_child(cmd))
     print_table(results)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"args": vars(args), "machine": results[0]["machine"],
-                                                 "results": results}, indent=1))
+    write_results(args.output, args, results)
     return 0
 
 

@@ -37,16 +37,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from benchutil import machine, rss_mib
+from benchutil import machine, rss_mib, run_child, write_results
 
 DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
 TEXT = "the red square moving to the left"
@@ -315,16 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                "--repeats", str(args.repeats), "--threads", str(args.threads)]
         if args.trace:
             cmd += ["--trace", args.trace]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        if done.returncode:
-            print(done.stderr, file=sys.stderr)
-            return done.returncode
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(run_child(cmd))
     print_tables(results)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"args": vars(args), "machine": results[0]["machine"],
-                                                 "results": results}, indent=1))
+    write_results(args.output, args, results)
     return 0
 
 

@@ -34,14 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from benchutil import machine, rss_mib
+from benchutil import machine, rss_mib, run_child, write_results
 
 AMP = ("off", "bf16", "fp16")
 SETUPS = ("tiny", "paper")
@@ -246,16 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads)]
         if compiled:
             cmd.append("--compile")
-        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        if done.returncode:
-            print(done.stderr, file=sys.stderr)
-            return done.returncode
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(run_child(cmd))
     print_table(results, skipped)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"args": vars(args), "machine": results[0]["machine"],
-                                                 "results": results, "skipped": skipped}, indent=1))
+    write_results(args.output, args, results, skipped=skipped)
     return 0
 
 

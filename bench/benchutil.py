@@ -24,3 +24,28 @@ def machine() -> dict:
 def rss_mib() -> float:
     """Peak resident memory of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_child(cmd: list[str]) -> dict:
+    """Run one measurement in a fresh Python process; its last stdout line is a JSON object. A failed
+    child's stderr is shown and ends the benchmark with its exit code."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode:
+        print(done.stderr, file=sys.stderr)
+        raise SystemExit(done.returncode)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_results(path: str | None, args, results: list[dict], **extra) -> None:
+    """The results, the arguments, the machine and ``extra`` entries as JSON at ``path`` (nothing when None)."""
+    import json
+    from pathlib import Path
+
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"args": vars(args), "machine": results[0].get("machine") if results else None,
+                                          "results": results, **extra}, indent=1))
