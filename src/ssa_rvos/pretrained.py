@@ -14,6 +14,7 @@ Every form ends in the same :func:`ssa_rvos.checkpoint.load_model`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from importlib import resources
@@ -33,6 +34,12 @@ def list_pretrained() -> list[str]:
     return sorted(BUNDLED)
 
 
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed on size and modification time: the file is hashed once per process, and again if it changes.
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def bundled_path(name: str) -> Path:
     """The file of a bundled model; FileNotFoundError if this installation lacks it."""
     if name not in BUNDLED:
@@ -41,7 +48,8 @@ def bundled_path(name: str) -> Path:
     path = Path(str(resources.files("ssa_rvos") / "weights" / file))
     if not path.is_file():
         raise FileNotFoundError(f"model {name}: its weights file {file} is missing from this installation")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    stat = path.stat()
+    digest = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
     if digest != sha256:
         raise ValueError(f"model {name}: {path} has SHA-256 {digest[:12]}..., expected {sha256[:12]}... "
                          "(a damaged or replaced file; reinstall the package)")
