@@ -147,6 +147,14 @@ def instrument(model, timer: PartTimer) -> Callable[[], None]:
 
 
 def child(args: argparse.Namespace) -> None:
+    from ssa_rvos.modeling.ops import reference_paths
+
+    # --paths reference: every optimised operator runs its reference version.
+    with reference_paths(args.path == "reference"):
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     import torch
 
     from ssa_rvos.build import build_model
@@ -222,13 +230,13 @@ def child(args: argparse.Namespace) -> None:
             with timer.part("other"):
                 whole_model(timer)
         Path(args.trace).mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(Path(args.trace) / f"trace_{args.model}_T{T}.json"))
+        prof.export_chrome_trace(str(Path(args.trace) / f"trace_{args.model}_T{T}_{args.path}.json"))
         timer.seconds = defaultdict(float, counted)
     remove()
     parts = {label: timer.seconds.get(label, 0.0) / args.repeats for label in PARTS}
 
     backbone, whole = statistics.median(backbone_s), statistics.median(whole_s)
-    out = {"model": args.model, "frames": T, "size": [H, W], "padded_size": list(model.preprocess(frames[:1])[0].shape[-2:]),
+    out = {"model": args.model, "frames": T, "paths": args.path, "size": [H, W], "padded_size": list(model.preprocess(frames[:1])[0].shape[-2:]),
            "device": str(device), "dtype": args.dtype, "frame_chunk": chunk, "selection": args.selection,
            "backbone_seconds": backbone_s, "whole_seconds": whole_s, "instrumented_seconds": instrumented,
            "backbone_ms_per_frame": 1e3 * backbone / T, "whole_ms_per_frame": 1e3 * whole / T,
@@ -241,6 +249,21 @@ def child(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ parent
 
 
+def print_comparison(results: list[dict]) -> None:
+    """Whole-model time of the reference operators against the fast ones, per T."""
+    by = {(r["paths"], r["frames"]): r for r in results}
+    lengths = sorted({r["frames"] for r in results})
+    print("fast operators against their reference versions (whole model, ms per frame):")
+    print(f"{'T':>5} | {'reference':>9} | {'fast':>9} | {'speed-up':>8} | {'pixel decoder ref / fast':>24}")
+    print(f"{'-' * 5}-+-{'-' * 9}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 24}")
+    for T in lengths:
+        ref, fast = by[("reference", T)], by[("fast", T)]
+        pd_ref, pd_fast = (1e3 * r["parts_seconds"]["pixel decoder"] / T for r in (ref, fast))
+        print(f"{T:>5} | {ref['whole_ms_per_frame']:>9.2f} | {fast['whole_ms_per_frame']:>9.2f} | "
+              f"{ref['whole_ms_per_frame'] / fast['whole_ms_per_frame']:>7.2f}x | {pd_ref:>11.2f} / {pd_fast:<10.2f}")
+    print()
+
+
 def print_tables(results: list[dict]) -> None:
     r0 = results[0]
     m = r0["machine"]
@@ -248,7 +271,7 @@ def print_tables(results: list[dict]) -> None:
           + (f", GPU {m['gpu']}" if r0["device"].startswith("cuda") else ""))
     print(f"{r0['model']} on {r0['device']} in {r0['dtype']}, {r0['size'][0]}x{r0['size'][1]} frames (padded to "
           f"{r0['padded_size'][0]}x{r0['padded_size'][1]}), 1 expression, frame chunk {r0['frame_chunk']}, "
-          f"random weights; median of {len(r0['whole_seconds'])} run(s)\n")
+          f"random weights; {r0['paths']} operators; median of {len(r0['whole_seconds'])} run(s)\n")
     memory = "CUDA peak" if r0["cuda_peak_mib"] is not None else "peak RSS"
     print(f"{'T':>5} | {'backbone ms/frame':>17} | {'whole ms/frame':>14} | {'whole/backbone throughput':>25} | {memory:>10}")
     print(f"{'-' * 5}-+-{'-' * 17}-+-{'-' * 14}-+-{'-' * 25}-+-{'-' * 10}")
@@ -286,10 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default: 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs, the median is reported (default: 3)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--paths", nargs="+", default=["fast"], choices=("fast", "reference"),
+                   help="operator versions to time, each in its own processes (default: fast; "
+                        "'reference fast' compares them)")
     p.add_argument("--trace", metavar="DIR", help="also write a torch.profiler Chrome trace per T here")
     p.add_argument("--output", help="also write the results as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--path", default="fast", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.size = list(args.size or DEFAULT_SIZES[args.model])
     if args.repeats < 1 or args.warmup < 0 or args.frame_chunk < 1 or min(args.frames) < 1:
@@ -305,16 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     results = []
-    for length in args.frames:
-        print(f"T={length}: {args.model} on {args.device} ({args.dtype})...", file=sys.stderr)
-        cmd = [sys.executable, __file__, "--child", "--length", str(length), "--model", args.model,
-               "--size", *map(str, args.size), "--device", args.device, "--dtype", args.dtype,
-               "--frame-chunk", str(args.frame_chunk), "--selection", args.selection, "--warmup", str(args.warmup),
-               "--repeats", str(args.repeats), "--threads", str(args.threads)]
-        if args.trace:
-            cmd += ["--trace", args.trace]
-        results.append(run_child(cmd))
-    print_tables(results)
+    for path in dict.fromkeys(args.paths):
+        for length in args.frames:
+            print(f"T={length}: {args.model} on {args.device} ({args.dtype}, {path} operators)...", file=sys.stderr)
+            cmd = [sys.executable, __file__, "--child", "--length", str(length), "--model", args.model,
+                   "--size", *map(str, args.size), "--device", args.device, "--dtype", args.dtype,
+                   "--frame-chunk", str(args.frame_chunk), "--selection", args.selection, "--warmup",
+                   str(args.warmup), "--repeats", str(args.repeats), "--threads", str(args.threads), "--path", path]
+            if args.trace:
+                cmd += ["--trace", args.trace]
+            results.append(run_child(cmd))
+    for path in dict.fromkeys(args.paths):
+        print_tables([r for r in results if r["paths"] == path])
+    if len(set(args.paths)) == 2:
+        print_comparison(results)
     write_results(args.output, args, results)
     return 0
 

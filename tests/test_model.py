@@ -180,3 +180,48 @@ def test_bad_inputs_are_rejected(tiny_model):
         tiny_model(torch.zeros(2, 3, 32, 32), TEXTS)
     with pytest.raises(ValueError, match="sentences"):
         tiny_model(_frames(2, 1), TEXTS[:1])
+
+
+def test_fast_operators_match_their_reference_versions_in_the_whole_model():
+    """Eval outputs and training gradients of the whole model agree between the fast operators and
+    ``reference_paths()``: the same sums in another order, so float32 rounding only."""
+    from ssa_rvos.modeling.ops import reference_paths
+    from ssa_rvos.training.data import ClipTarget
+    from ssa_rvos.training.losses import LossConfig, SSACriterion
+
+    torch.manual_seed(3)
+    model = build_model("ssa_tiny")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # non-zero deformable offsets, so samples fall between pixels
+                p.add_(0.05 * torch.randn_like(p))
+    frames = _frames(1, 3)
+
+    model.eval()
+    with torch.no_grad():
+        fast = model(frames, TEXTS[:1])
+        with reference_paths():
+            ref = model(frames, TEXTS[:1])
+    for name in ("frame_logits", "frame_masks", "video_logits", "video_mask_embed", "video_mask_features"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-4, atol=1e-4, msg=name)
+
+    model.train()
+    criterion = SSACriterion(config=LossConfig(num_points=256))
+    masks = torch.zeros(1, 3, 70, 100, dtype=torch.bool)
+    masks[0, :, 20:40, 30:60] = True
+    target = [ClipTarget(masks=masks, ids=torch.tensor([0]))]
+    grads = {}
+    for path in ("fast", "reference"):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout masks and sampled points for both
+        with reference_paths(path == "reference"):
+            losses = criterion(model(frames, TEXTS[:1]), target)
+            criterion.total(losses).backward()
+        grads[path] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["fast"].keys() == grads["reference"].keys()
+    assert any("pixel_decoder.layers" in n for n in grads["fast"])
+    for name, g in grads["fast"].items():
+        g_ref = grads["reference"][name]
+        # Relative to the gradient's size: a sample within rounding of a pixel centre may take the
+        # other side of bilinear sampling's kink and move one element's gradient.
+        assert (g - g_ref).norm() <= 1e-3 * g_ref.norm() + 1e-6, name

@@ -15,13 +15,16 @@ from ssa_rvos.checkpoint import (
     read_official_checkpoint,
 )
 from ssa_rvos.modeling import ClipConfig
+from ssa_rvos.modeling.ops import reference_paths
 from ssa_rvos.postprocess import postprocess, resize_mask_logits
 
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def official(fixtures_dir):
+@pytest.fixture(scope="module", params=["fast", "reference"])
+def official(fixtures_dir, request):
+    """The converted fixture model's outputs, once with the fast operators and once with their
+    reference versions (``ssa_rvos.modeling.ops.reference_paths``): both must match the original."""
     folder = fixtures_dir / "official-tiny"
     meta = json.loads((folder / "meta.json").read_text())
     ref = load_file(str(folder / "reference_outputs.safetensors"))
@@ -30,7 +33,7 @@ def official(fixtures_dir):
     model, report = convert_official_checkpoint(folder / "official_tiny.pth", clip=clip)
     model.eval()
     frames = ref["frames_uint8"].permute(0, 3, 1, 2)[None].float()  # (1, T, 3, H, W)
-    with torch.no_grad():
+    with torch.no_grad(), reference_paths(request.param == "reference"):
         text = model.encode_text([meta["sentence"]])
         images, _ = model.preprocess(frames.flatten(0, 1))
         T = frames.shape[1]

@@ -1,8 +1,15 @@
 import math
 
+import pytest
 import torch
 
-from ssa_rvos.modeling.ops import MSDeformAttn, ms_deform_attn_sample
+from ssa_rvos.modeling.ops import (
+    MSDeformAttn,
+    ms_deform_attn_sample,
+    ms_deform_attn_sample_reference,
+    reference_paths,
+    use_reference,
+)
 
 
 def _bilinear(img: torch.Tensor, x: float, y: float) -> torch.Tensor:
@@ -38,7 +45,8 @@ def _reference(value, shapes, locations, weights):
     return out.reshape(B, Q, M * D)
 
 
-def test_sampling_matches_hand_written_bilinear():
+@pytest.mark.parametrize("sample", [ms_deform_attn_sample, ms_deform_attn_sample_reference])
+def test_sampling_matches_hand_written_bilinear(sample):
     torch.manual_seed(0)
     shapes = [(3, 4), (5, 2), (1, 1)]
     B, Q, M, D, P = 2, 5, 2, 3, 3
@@ -47,7 +55,7 @@ def test_sampling_matches_hand_written_bilinear():
     # Locations spill outside [0, 1] on purpose: the border and zero padding must match too.
     locations = torch.rand(B, Q, M, len(shapes), P, 2, dtype=torch.float64) * 1.4 - 0.2
     weights = torch.rand(B, Q, M, len(shapes), P, dtype=torch.float64)
-    ours = ms_deform_attn_sample(value, shapes, locations, weights)
+    ours = sample(value, shapes, locations, weights)
     assert ours.shape == (B, Q, M * D)
     torch.testing.assert_close(ours, _reference(value, shapes, locations, weights), rtol=0, atol=1e-12)
 
@@ -72,3 +80,63 @@ def test_module_samples_at_reference_plus_offsets():
     loc = ref_points[:, :, None, :, None, :] + offsets / norm[None, None, None, :, None, :]
     expected = attn.output_proj(_reference(v, shapes, loc, w))
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+
+
+def _module_inputs(seed: int, dtype: torch.dtype, *, B=2, Q=30, dim=32, shapes=((6, 8), (3, 4), (2, 2))):
+    torch.manual_seed(seed)
+    attn = MSDeformAttn(dim=dim, levels=len(shapes), heads=4, points=3).to(dtype)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # offsets of several pixels, many samples outside the maps
+    S = sum(h * w for h, w in shapes)
+    query = torch.randn(B, Q, dim, dtype=dtype, requires_grad=True)
+    value = torch.randn(B, S, dim, dtype=dtype, requires_grad=True)
+    ref_points = torch.rand(B, Q, len(shapes), 2, dtype=dtype)
+    return attn, (query, ref_points, value, list(shapes))
+
+
+def test_fast_and_reference_paths_agree_in_float32():
+    attn, args = _module_inputs(4, torch.float32)
+    out_fast = attn(*args)
+    with reference_paths():
+        out_ref = attn(*args)
+    # Same sums added in another order: float32 rounding only.
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_and_reference_paths_agree_forward_and_backward():
+    # float64: in float32 a sample landing within rounding of a pixel centre can take the other side
+    # of bilinear sampling's kink, and its location gradient jumps.
+    attn, args = _module_inputs(2, torch.float64)
+    out_fast = attn(*args)
+    grads_fast = torch.autograd.grad(out_fast.square().sum(), [args[0], args[2], *attn.parameters()])
+    with reference_paths():
+        assert use_reference()
+        out_ref = attn(*args)
+        grads_ref = torch.autograd.grad(out_ref.square().sum(), [args[0], args[2], *attn.parameters()])
+    assert not use_reference()
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-10, atol=1e-10)
+    for g_fast, g_ref in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9)
+    # And not trivially: the output depends on the value, the offsets and the weights.
+    assert out_fast.abs().mean() > 0.1 and all(g.abs().sum() > 0 for g in grads_fast)
+
+
+def test_fast_sampling_equals_reference_in_float64():
+    torch.manual_seed(3)
+    shapes = [(7, 5), (4, 3), (1, 2)]
+    B, Q, M, D, P = 3, 11, 4, 5, 4
+    value = torch.randn(B, sum(h * w for h, w in shapes), M, D, dtype=torch.float64)
+    locations = torch.rand(B, Q, M, len(shapes), P, 2, dtype=torch.float64) * 1.6 - 0.3
+    weights = torch.rand(B, Q, M, len(shapes), P, dtype=torch.float64)
+    torch.testing.assert_close(ms_deform_attn_sample(value, shapes, locations, weights),
+                               ms_deform_attn_sample_reference(value, shapes, locations, weights),
+                               rtol=0, atol=1e-12)
+
+
+def test_reference_paths_restores_the_previous_state_on_error():
+    with pytest.raises(RuntimeError):
+        with reference_paths():
+            raise RuntimeError("boom")
+    assert not use_reference()
+    with reference_paths(), reference_paths(False):
+        assert not use_reference()

@@ -324,13 +324,16 @@ class SSACriterion(nn.Module):
             sim_layers = range(Lf - K, Lf)  # frame prediction Lf - K + k feeds video copy k
             frame_layers = range(Lf) if c.deep_supervision else [Lf - 1]
             frame_matches: dict[int, FrameAssignment] = {}
+            # Unbound once: indexing output.frame_masks[layer] per layer would, in the backward pass,
+            # allocate and zero a gradient of all Lf layers' masks for every layer.
+            frame_logits, frame_masks = output.frame_logits.unbind(0), output.frame_masks.unbind(0)
             for layer in sorted(set(frame_layers) | set(sim_layers)):
-                match = self.frame_matcher(logits=output.frame_logits[layer], masks=output.frame_masks[layer],
-                                           targets=tg.per_clip)
+                match = self.frame_matcher(logits=frame_logits[layer], masks=frame_masks[layer], targets=tg.per_clip)
                 frame_matches[layer] = match
                 if layer in frame_layers:
                     suffix = "" if layer == Lf - 1 else f"_{layer}"
-                    losses.update(self._frame_losses(output, layer, match, tg, num_frame, suffix))
+                    losses.update(self._frame_losses(frame_logits[layer], frame_masks[layer], match, tg, num_frame,
+                                                     suffix))
 
             video_layers = range(Lv) if c.deep_supervision else [Lv - 1]
             last_video: list[VideoAssignment] = []
@@ -382,11 +385,11 @@ class SSACriterion(nn.Module):
             labels = point_sample(target[:, None], coords)[:, 0]
         return point_sample(pred[:, None], coords)[:, 0], labels
 
-    def _frame_losses(self, output: SSAOutput, layer: int, match: FrameAssignment, tg: _Targets,
+    def _frame_losses(self, logits: Tensor, masks: Tensor, match: FrameAssignment, tg: _Targets,
                       num_masks: float, suffix: str) -> dict[str, Tensor]:
-        """One frame prediction: cross-entropy over all B x T x N queries, BCE and Dice of the matched
-        masks on importance-sampled points, divided by the batch's number of frame-level target masks."""
-        logits, masks = output.frame_logits[layer], output.frame_masks[layer]
+        """One frame prediction (logits (B, T, N, 2), masks (B, T, N, h, w)): cross-entropy over all
+        B x T x N queries, BCE and Dice of the matched masks on importance-sampled points, divided by
+        the batch's number of frame-level target masks."""
         device = logits.device
         matched = torch.zeros(logits.shape[:3], dtype=torch.bool, device=device)
         if len(match):
@@ -422,6 +425,7 @@ class SSACriterion(nn.Module):
         for k, match in enumerate(matches):
             matched[k, match.clip.to(device), match.query.to(device)] = True
         preds, rows = [], []
+        per_clip = features.unbind(0)  # not features[b]: see forward() on indexing in the backward pass
         for b in range(features.shape[0]):
             # Masks only of the matched queries, clip by clip: gathering per-match copies of the
             # (T, Cm, h, w) features would cost far more memory than the masks themselves.
@@ -435,7 +439,7 @@ class SSACriterion(nn.Module):
             if not len(query):
                 continue
             e = embed[copy.to(device), b, query.to(device)].float()  # (n, Cm)
-            preds.append(torch.einsum("nc,tchw->nthw", e, features[b].float()))
+            preds.append(torch.einsum("nc,tchw->nthw", e, per_clip[b].float()))
             rows.append(tg.rows(torch.full_like(target, b), target))
         if preds:
             pred = torch.cat(preds)  # (Nm, T, h, w)
