@@ -236,7 +236,8 @@ def measure(args: argparse.Namespace) -> None:
     parts = {label: timer.seconds.get(label, 0.0) / args.repeats for label in PARTS}
 
     backbone, whole = statistics.median(backbone_s), statistics.median(whole_s)
-    out = {"model": args.model, "frames": T, "paths": args.path, "size": [H, W], "padded_size": list(model.preprocess(frames[:1])[0].shape[-2:]),
+    padded = list(model.preprocess(frames[:1])[0].shape[-2:])
+    out = {"model": args.model, "frames": T, "paths": args.path, "size": [H, W], "padded_size": padded,
            "device": str(device), "dtype": args.dtype, "frame_chunk": chunk, "selection": args.selection,
            "backbone_seconds": backbone_s, "whole_seconds": whole_s, "instrumented_seconds": instrumented,
            "backbone_ms_per_frame": 1e3 * backbone / T, "whole_ms_per_frame": 1e3 * whole / T,
