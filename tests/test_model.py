@@ -220,8 +220,14 @@ def test_fast_operators_match_their_reference_versions_in_the_whole_model():
         grads[path] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert grads["fast"].keys() == grads["reference"].keys()
     assert any("pixel_decoder.layers" in n for n in grads["fast"])
+    # All gradients together (measured: 6e-5 of the norm).
+    flat = torch.cat([g.flatten() for g in grads["fast"].values()])
+    flat_ref = torch.cat([g.flatten() for g in grads["reference"].values()])
+    assert (flat - flat_ref).norm() <= 2e-4 * flat_ref.norm()
+    # Each tensor: a sample within rounding of a pixel centre can take the other side of bilinear
+    # sampling's kink, which moves its location gradient by a finite step; upstream of the pixel
+    # decoder (the adapters) that shows as up to ~1e-3 of a small tensor's gradient. A wrong
+    # computation moves it by O(1).
     for name, g in grads["fast"].items():
         g_ref = grads["reference"][name]
-        # Relative to the gradient's size: a sample within rounding of a pixel centre may take the
-        # other side of bilinear sampling's kink and move one element's gradient.
-        assert (g - g_ref).norm() <= 1e-3 * g_ref.norm() + 1e-6, name
+        assert (g - g_ref).norm() <= 5e-3 * g_ref.norm() + 1e-6, name

@@ -4,15 +4,17 @@ The sampling is a ``grid_sample`` over each level, so it runs anywhere PyTorch r
 MPS) with no compiled extension. Shapes: B batch, Q queries, S = sum of H_l * W_l value tokens,
 M heads, D channels per head, Lv levels, P points.
 
-Two versions of the sampling compute the same sum (up to float rounding: the terms are added in
-another order). :func:`ms_deform_attn_sample_reference` samples every (level, point) pair, stacks
-them and reduces over the last axis: simple, but the stack is a strided copy of the largest tensor
-in the pixel decoder and the reduction runs over an innermost axis of only Lv * P elements.
-:func:`ms_deform_attn_sample` (the default) lays the grid out as (points, queries) so that each
-point's samples are a contiguous (D, Q) plane, and accumulates ``weight * sample`` plane by plane
-into one output buffer; it allocates no stacked tensor. About 2x faster on a CPU for both
-presets (``bench/bench_inference_parts.py``). Inside :func:`ssa_rvos.modeling.ops.reference_paths`
-the module uses the reference.
+Two versions compute the same thing (up to float rounding: the terms are added in another order).
+The reference (:func:`ms_deform_attn_sample_reference` and the plain arithmetic in
+``MSDeformAttn.forward``) samples every (level, point) pair, stacks them and reduces over the last axis;
+softmax and locations broadcast over short innermost axes. All of that is slow on CPUs: the stack is a
+strided copy of the largest tensor in the pixel decoder, and reductions and broadcasts over innermost axes
+of 2 to 12 elements do not vectorise. The fast path (the default): the locations come out of two matrix
+products (``MSDeformAttn._grids``), the softmax runs over a middle axis of a (B, M, Lv * P, Q) layout, and
+the grid is laid out as (points, queries) so that each point's samples are a contiguous (D, Q) plane,
+accumulated as ``weight * sample`` into one output buffer (:func:`ms_deform_attn_sample`). Inside
+:func:`ssa_rvos.modeling.ops.reference_paths` the module runs the reference; ``tests/test_ops.py`` and
+``tests/test_model.py`` check that both agree, forward and backward.
 """
 
 from __future__ import annotations
@@ -97,6 +99,13 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(dim, heads * levels * points)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
+        # Fast path: column (m, l, p, c) of the offsets reads 2 * reference_points[l, c] (a constant,
+        # not saved in checkpoints), so the grid comes out of two matrix products (see _grids).
+        expand = torch.zeros(levels, 2, heads, levels, points, 2)
+        for level in range(levels):
+            for c in range(2):
+                expand[level, c, :, level, :, c] = 2.0
+        self.register_buffer("_reference_expand", expand.view(levels * 2, -1), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -132,20 +141,30 @@ class MSDeformAttn(nn.Module):
         if padding_mask is not None:
             v = v.masked_fill(padding_mask[..., None], 0.0)
         v = v.view(B, S, self.heads, self.dim // self.heads)
-        offsets = self.sampling_offsets(query).view(B, Q, self.heads, self.levels, self.points, 2)
         logits = self.attention_weights(query).view(B, Q, self.heads, self.levels * self.points)
         # Offsets are in pixels of each level: normalise by that level's (W, H).
         normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
         if use_reference():
+            offsets = self.sampling_offsets(query).view(B, Q, self.heads, self.levels, self.points, 2)
             weights = logits.softmax(-1).view(B, Q, self.heads, self.levels, self.points)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
             out = ms_deform_attn_sample_reference(v, spatial_shapes, locations, weights)
         else:
-            # The same locations, straight into grid_sample's [-1, 1]: 2 * (ref + off / n) - 1 in one op.
-            grids = torch.addcmul(2 * reference_points[:, :, None, :, None, :] - 1, offsets,
-                                  (2 / normalizer)[None, None, None, :, None, :])
+            grids = self._grids(query, reference_points, normalizer)
             # The softmax over a short innermost axis (Lv * P) is slow on CPUs; over a middle axis
             # of the (B, M, Lv * P, Q) layout the sampling wants it is ~10x faster.
             weights = logits.permute(0, 2, 3, 1).softmax(2).view(B, self.heads, self.levels, self.points, Q)
             out = _sample_grids(v, spatial_shapes, grids, weights)
         return self.output_proj(out)
+
+    def _grids(self, query: Tensor, reference_points: Tensor, normalizer: Tensor) -> Tensor:
+        """The reference path's locations in grid_sample's [-1, 1], 2 * (ref + offsets / n) - 1, as
+        ``ref @ expand + query @ (W / n)^T + (b / n - 1)``: two matrix products instead of broadcasting
+        over (Lv, 2) and (P, 2) innermost axes, which is slow on CPUs. -> (B, Q, M, Lv, P, 2)."""
+        B, Q, C = query.shape
+        M, Lv, P = self.heads, self.levels, self.points
+        scale = (2 / normalizer)[None, :, None, :].expand(M, Lv, P, 2).reshape(-1)  # per output column
+        base = torch.addmm(self.sampling_offsets.bias * scale - 1, reference_points.reshape(B * Q, Lv * 2),
+                           self._reference_expand.to(query.dtype))
+        grids = torch.addmm(base, query.reshape(B * Q, C), (self.sampling_offsets.weight * scale[:, None]).t())
+        return grids.view(B, Q, M, Lv, P, 2)
