@@ -3,6 +3,9 @@
 Setups (random weights: time and memory do not depend on them):
 
 * **tiny**: the ``tiny_cpu`` recipe as it is (``ssa_tiny``, 2 clips of 2 frames at 64x64 per step);
+* **synthref**: the recipe of the bundled model (``ssa_tiny``, 4 clips of 8 frames at 96x96, 2,304 loss
+  points), with ``model.clip_weights=null`` and frames from the synthetic source: the CPU training that
+  ``scripts/train_synthref.sh`` runs;
 * **paper**: the ``mevis_official`` recipe (``ssa_convnext_large``, the released optimizer, losses and
   gradient clipping) with ``model.clip_weights=null`` and the shape of one GPU's share of its step: one
   clip (``--batch-size``) of 8 frames (``--frames``) at ``--size`` (default 448x768: a training short side
@@ -41,7 +44,7 @@ import time
 from benchutil import machine, rss_mib, run_child, write_results
 
 AMP = ("off", "bf16", "fp16")
-SETUPS = ("tiny", "paper")
+SETUPS = ("tiny", "synthref", "paper")
 
 
 
@@ -52,6 +55,9 @@ def setup_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The recipe and the command-line overrides (as ``ssa-rvos train`` takes them) of ``args.setup``."""
     if args.setup == "tiny":
         return "tiny_cpu", []
+    if args.setup == "synthref":
+        return "synthref", ["model.clip_weights=null", "data.datasets=[{name: synthetic}]", "data.num_workers=0",
+                            "data.synthetic_size=[96, 96]"]
     H, W = args.size
     return "mevis_official", ["model.clip_weights=null", f"batch_size={args.batch_size}", "accumulation=1",
                               f"data.num_frames={args.frames}", "data.datasets=[{name: synthetic}]",
@@ -59,6 +65,14 @@ def setup_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def child(args: argparse.Namespace) -> None:
+    from ssa_rvos.modeling.ops import reference_paths
+
+    # --paths reference: every optimised operator runs its reference version.
+    with reference_paths(args.path == "reference"):
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     import torch
     from torch import nn
 
@@ -139,7 +153,8 @@ def child(args: argparse.Namespace) -> None:
     timed = seconds[args.warmup:]
     median = statistics.median(timed)
     n_clips, n_frames = steps[0][0].frames.shape[:2]
-    out = {"setup": args.setup, "recipe": recipe, "overrides": overrides, "device": str(device), "amp": args.amp,
+    out = {"setup": args.setup, "paths": args.path, "recipe": recipe, "overrides": overrides, "device": str(device),
+           "amp": args.amp,
            "compile": args.compile, "compiled": net is not model, "compile_error": compile_error,
            "clips_per_step": config.batch_size, "frames": int(n_frames),
            "size": list(steps[0][0].frames.shape[-2:]), "model": config.model.preset,
@@ -166,9 +181,9 @@ def print_table(results: list[dict], skipped: list[str]) -> None:
                   f"trainable parameters")
     print(f"median of {len(results[0]['step_seconds']) - results[0]['warmup']} timed step(s) after "
           f"{results[0]['warmup']} untimed\n")
-    print(f"{'setup':<6} | {'device':<6} | {'amp':<4} | {'compile':<7} | {'s/step':>7} | {'first step s':>12} | "
-          f"{'compile s':>9} | {'peak memory':>21}")
-    print("-+-".join("-" * w for w in (6, 6, 4, 7, 7, 12, 9, 21)))
+    print(f"{'setup':<8} | {'ops':<9} | {'device':<6} | {'amp':<4} | {'compile':<7} | {'s/step':>7} | "
+          f"{'first step s':>12} | {'compile s':>9} | {'peak memory':>21}")
+    print("-+-".join("-" * w for w in (8, 9, 6, 4, 7, 7, 12, 9, 21)))
     for r in results:
         if r["cuda_peak_mib"] is not None:
             peak = f"CUDA {r['cuda_peak_mib']:.0f} MiB"
@@ -176,8 +191,8 @@ def print_table(results: list[dict], skipped: list[str]) -> None:
             peak = f"RSS {r['peak_rss_mib']:.0f} MiB (+{r['rss_growth_mib']:.0f})"
         compiled = "yes" if r["compiled"] else ("FAILED" if r["compile"] else "no")
         compile_s = f"{r['compile_seconds']:.1f}" if r["compiled"] else "-"
-        print(f"{r['setup']:<6} | {r['device']:<6} | {r['amp']:<4} | {compiled:<7} | {r['median_step_seconds']:>7.3f} | "
-              f"{r['first_step_seconds']:>12.2f} | {compile_s:>9} | {peak:>21}")
+        print(f"{r['setup']:<8} | {r['paths']:<9} | {r['device']:<6} | {r['amp']:<4} | {compiled:<7} | "
+              f"{r['median_step_seconds']:>7.3f} | {r['first_step_seconds']:>12.2f} | {compile_s:>9} | {peak:>21}")
     for r in results:
         if r["compile_error"]:
             print(f"\n{r['setup']} {r['amp']}: torch.compile failed, measured in eager mode: {r['compile_error']}")
@@ -187,12 +202,14 @@ def print_table(results: list[dict], skipped: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS, help="default: tiny paper")
-    p.add_argument("--tiny-device", default="cpu", choices=("cpu", "cuda"), help="default: cpu")
+    p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS, help="default: tiny synthref paper")
+    p.add_argument("--tiny-device", default="cpu", choices=("cpu", "cuda"), help="tiny and synthref (default: cpu)")
     p.add_argument("--paper-device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto (default): cuda, skipped without a GPU")
     p.add_argument("--amp", nargs="+", default=list(AMP), choices=AMP, help="AMP modes (CUDA only but off)")
     p.add_argument("--compile", action="store_true", help="also run every configuration with torch.compile")
+    p.add_argument("--paths", nargs="+", default=["fast"], choices=("fast", "reference"),
+                   help="operator versions (default: fast; 'reference fast' compares them)")
     p.add_argument("--size", type=int, nargs=2, default=[448, 768], metavar=("H", "W"),
                    help="paper setup: frame size (default: 448 768)")
     p.add_argument("--frames", type=int, default=8, help="paper setup: frames per clip (default: 8)")
@@ -204,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--setup", choices=SETUPS, help=argparse.SUPPRESS)
     p.add_argument("--device", help=argparse.SUPPRESS)
+    p.add_argument("--path", default="fast", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.frames < 1 or args.batch_size < 1:
         p.error("--warmup, --steps, --frames and --batch-size must be >= 1")
@@ -217,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     has_cuda = torch.cuda.is_available()
     runs, skipped = [], []
     for setup in args.setups:
-        device = args.tiny_device if setup == "tiny" else args.paper_device
+        device = args.paper_device if setup == "paper" else args.tiny_device
         if device == "auto":
             device = "cuda" if has_cuda else None
         if device is None:
@@ -230,17 +248,19 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append(f"{setup}: amp {amp} needs CUDA (the trainer trains in fp32 on a CPU), skipped")
                 continue
             for compiled in (False, True) if args.compile else (False,):
-                runs.append((setup, device, amp, compiled))
+                for path in dict.fromkeys(args.paths):
+                    runs.append((setup, device, amp, compiled, path))
     if not runs:
         print("\n".join(skipped), file=sys.stderr)
         return 1
 
     results = []
-    for setup, device, amp, compiled in runs:
-        print(f"{setup} on {device}, amp {amp}{', compiled' if compiled else ''}...", file=sys.stderr)
+    for setup, device, amp, compiled, path in runs:
+        print(f"{setup} on {device}, amp {amp}{', compiled' if compiled else ''}, {path} operators...", file=sys.stderr)
         cmd = [sys.executable, __file__, "--child", "--setup", setup, "--device", device, "--amp", amp,
                "--size", *map(str, args.size), "--frames", str(args.frames), "--batch-size", str(args.batch_size),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads)]
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
+               "--path", path]
         if compiled:
             cmd.append("--compile")
         results.append(run_child(cmd))
