@@ -1,0 +1,107 @@
+"""Where a SynthRef model's errors come from: choosing the object, or drawing its mask.
+
+For every expression of a held-out SynthRef split (the first ``--videos`` videos), the model runs once and
+its outputs are scored (region similarity J, mean over frames, percent) in five ways:
+
+* ``union``: the MeViS protocol (the union of the video queries scoring > 0.5), what the table reports;
+* ``top1``: the single best-scoring video query;
+* ``best query``: the video query whose mask is closest to the truth, whatever its score (an oracle of
+  the choice: the mask quality the model could reach if it always picked the right query);
+* ``frame top1`` and ``frame best``: the same two for the frame decoder's last layer, frame by frame
+  (before the video stage);
+
+plus the mean number of queries ``union`` selects. ``best query`` far above ``top1`` means grounding errors
+(the right mask exists, the scores pick another); a low ``best query`` means the masks themselves are poor.
+For multi-target expressions no single query covers every target, so their ``top1`` and ``best query`` are
+low by construction.
+
+    python scripts/synthref_diagnose.py --data datasets/synthref_heldout --model ssa_tiny.synthref --videos 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssa_rvos.data import MeViS
+from ssa_rvos.data.synthref import KINDS, expression_kinds
+from ssa_rvos.data.transforms import resize_frames, test_resize_shape
+from ssa_rvos.evaluation.metrics import jaccard
+from ssa_rvos.postprocess import query_masks
+from ssa_rvos.pretrained import load_pretrained
+
+COLUMNS = ("union", "top1", "best query", "frame top1", "frame best")
+
+
+def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray) -> dict[str, float]:
+    """clip: (1, T, 3, h, w) resized frames; gt: (T, H, W) bool at the original size."""
+    T, H, W = gt.shape
+    out = model(clip, [text])
+    scores = out.video_scores()[-1, 0]  # (N,): the last video layer, eval-mode K = 1
+    masks, _, _ = query_masks(out.video_mask_embed[-1, -1, 0], out.video_mask_features[0],
+                              padded_size=out.padded_size, image_size=out.image_size, output_size=(H, W))
+    masks = masks.numpy()  # (N, T, H, W)
+    per_query = np.array([jaccard(gt, m).mean() for m in masks])
+    selected = (scores > 0.5).numpy()
+    union = masks[selected].any(0) if selected.any() else np.zeros_like(gt)
+
+    # Frame decoder, last layer: its masks at stride 4 of the padded input, cropped and resized.
+    h, w = out.image_size
+    frame = F.interpolate(out.frame_masks[-1, 0], size=out.padded_size, mode="bilinear", align_corners=False)
+    frame = F.interpolate(frame[..., :h, :w], size=(H, W), mode="bilinear", align_corners=False) > 0  # (T, N, H, W)
+    frame_scores = out.frame_logits[-1, 0].softmax(-1)[..., 0]  # (T, N)
+    frame_j = np.stack([jaccard(np.repeat(gt[t][None], frame.shape[1], 0), frame[t].numpy()) for t in range(T)])
+    return {"union": float(jaccard(gt, union).mean()), "top1": float(per_query[int(scores.argmax())]),
+            "best query": float(per_query.max()),
+            "frame top1": float(frame_j[np.arange(T), frame_scores.argmax(1).numpy()].mean()),
+            "frame best": float(frame_j.max(1).mean()), "selected": float(selected.sum())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="SynthRef folder")
+    p.add_argument("--split", default="valid_u", help="held-out split (default: %(default)s)")
+    p.add_argument("--model", default=None, help="bundled name, checkpoint file or folder (default: the bundled model)")
+    p.add_argument("--videos", type=int, default=40, help="first N videos of the split (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = load_pretrained(args.model, device="cpu").eval()
+    dataset = MeViS(args.data, args.split)
+    kinds = expression_kinds(args.data, args.split)
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    with torch.inference_mode():
+        for video in dataset.videos()[: args.videos]:
+            for expr in dataset.video_expressions(video):
+                frames = dataset.read_frames(video, list(expr.frames))
+                H, W = frames.shape[1:3]
+                size = test_resize_shape(H, W, short=model.config.test_short_side or min(H, W), max_long=1333)
+                clip = torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size)))
+                clip = clip.permute(0, 3, 1, 2)[None].float()
+                gt = dataset.target_masks(expr, list(expr.frames)).astype(bool)
+                result = score_expression(model, clip, expr.text, gt)
+                for group in ("overall", kinds[(video, expr.exp_id)]):
+                    for key, value in result.items():
+                        rows[group][key].append(value)
+
+    print(f"J (percent, mean over frames and expressions); first {args.videos} videos of {args.data} {args.split}")
+    print(f"| kind | expressions | {' | '.join(COLUMNS)} | queries selected |")
+    print("|" + "---|" * (len(COLUMNS) + 3))
+    for group in ("overall", *KINDS):
+        if group not in rows:
+            continue
+        r = rows[group]
+        cells = " | ".join(f"{100 * np.mean(r[c]):.1f}" for c in COLUMNS)
+        print(f"| {group} | {len(r['union'])} | {cells} | {np.mean(r['selected']):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
