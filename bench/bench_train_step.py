@@ -65,8 +65,13 @@ def setup_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def child(args: argparse.Namespace) -> None:
-    from ssa_rvos.modeling.ops import reference_paths
-
+    try:
+        from ssa_rvos.modeling.ops import reference_paths
+    except ImportError:  # an older ssa_rvos (on PYTHONPATH, for a before/after): it has only one version
+        if args.path == "reference":
+            sys.exit("this ssa_rvos has no reference_paths(): time it with --paths fast")
+        measure(args)
+        return
     # --paths reference: every optimised operator runs its reference version.
     with reference_paths(args.path == "reference"):
         measure(args)
