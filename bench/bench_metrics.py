@@ -14,6 +14,7 @@ import argparse
 import time
 
 import numpy as np
+from benchutil import machine, write_results
 from scipy import ndimage
 
 from ssa_rvos.evaluation.metrics import j_and_f
@@ -78,7 +79,7 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def bench(name: str, height: int, width: int, num_frames: int, repeats: int, rng: np.random.Generator) -> bool:
+def bench(name: str, height: int, width: int, num_frames: int, repeats: int, rng: np.random.Generator) -> dict:
     gt, pred = synthetic_video(num_frames, height, width, rng)
     cover = gt.mean(axis=(1, 2))
     j_fast, f_fast = j_and_f(gt, pred)
@@ -95,7 +96,10 @@ def bench(name: str, height: int, width: int, num_frames: int, repeats: int, rng
         f"        fast {fps_fast:8.1f} frames/s | reference {fps_ref:7.2f} frames/s | "
         f"speed-up {t_ref / t_fast:6.1f}x | identical values: {same}"
     )
-    return same
+    return {"name": name, "size": [height, width], "frames": num_frames,
+            "foreground": [float(cover.min()), float(cover.max())], "fast_seconds": t_fast,
+            "reference_seconds": t_ref, "fast_fps": fps_fast, "reference_fps": fps_ref,
+            "speed_up": t_ref / t_fast, "identical": same, "mean_J": float(j_fast.mean()), "mean_F": float(f_fast.mean())}
 
 
 def main() -> None:
@@ -104,14 +108,18 @@ def main() -> None:
     parser.add_argument("--frames-1080", type=int, default=8, help="frames at 1080x1920 (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats of the fast path (best kept)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="also write the results as JSON here")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    ok = True
+    results = []
     if args.frames_480 > 0:
-        ok &= bench("480p", 480, 854, args.frames_480, args.repeats, rng)
+        results.append(bench("480p", 480, 854, args.frames_480, args.repeats, rng))
     if args.frames_1080 > 0:
-        ok &= bench("1080p", 1080, 1920, args.frames_1080, args.repeats, rng)
-    if not ok:
+        results.append(bench("1080p", 1080, 1920, args.frames_1080, args.repeats, rng))
+    if results:
+        results[0]["machine"] = machine()
+    write_results(args.output, args, results)
+    if not all(r["identical"] for r in results):
         raise SystemExit("fast and reference values differ")
 
 
