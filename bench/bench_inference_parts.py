@@ -44,7 +44,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from benchutil import machine, rss_mib, run_child, write_results
+from benchutil import machine, operator_paths, rss_mib, run_child, write_results
 
 DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
 TEXT = "the red square moving to the left"
@@ -147,15 +147,7 @@ def instrument(model, timer: PartTimer) -> Callable[[], None]:
 
 
 def child(args: argparse.Namespace) -> None:
-    try:
-        from ssa_rvos.modeling.ops import reference_paths
-    except ImportError:  # an older ssa_rvos (on PYTHONPATH, for a before/after): it has only one version
-        if args.path == "reference":
-            sys.exit("this ssa_rvos has no reference_paths(): time it with --paths fast")
-        measure(args)
-        return
-    # --paths reference: every optimised operator runs its reference version.
-    with reference_paths(args.path == "reference"):
+    with operator_paths(args.path):  # --paths reference: the reference version of every optimised operator
         measure(args)
 
 

@@ -41,7 +41,7 @@ import statistics
 import sys
 import time
 
-from benchutil import machine, rss_mib, run_child, write_results
+from benchutil import machine, operator_paths, rss_mib, run_child, write_results
 
 AMP = ("off", "bf16", "fp16")
 SETUPS = ("tiny", "synthref", "paper")
@@ -65,15 +65,7 @@ def setup_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 
 def child(args: argparse.Namespace) -> None:
-    try:
-        from ssa_rvos.modeling.ops import reference_paths
-    except ImportError:  # an older ssa_rvos (on PYTHONPATH, for a before/after): it has only one version
-        if args.path == "reference":
-            sys.exit("this ssa_rvos has no reference_paths(): time it with --paths fast")
-        measure(args)
-        return
-    # --paths reference: every optimised operator runs its reference version.
-    with reference_paths(args.path == "reference"):
+    with operator_paths(args.path):  # --paths reference: the reference version of every optimised operator
         measure(args)
 
 

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the machine they ran on and the process's peak memory."""
+"""What the benchmark scripts share: the machine they ran on, the process's peak memory, child processes,
+the operator versions to time and the JSON output."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import os
 import platform
 import resource
+import sys
 
 
 def machine() -> dict:
@@ -49,3 +51,16 @@ def write_results(path: str | None, args, results: list[dict], **extra) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({"args": vars(args), "machine": results[0].get("machine") if results else None,
                                           "results": results, **extra}, indent=1))
+
+
+def operator_paths(path: str) -> contextlib.AbstractContextManager:
+    """The context to measure in: ``reference`` runs every optimised operator in its reference version
+    (``ssa_rvos.modeling.ops.reference_paths``), ``fast`` as shipped. An older ssa_rvos without that switch
+    (on PYTHONPATH, for a before/after comparison) has one version only: ``fast`` times it as it is."""
+    try:
+        from ssa_rvos.modeling.ops import reference_paths
+    except ImportError:
+        if path == "reference":
+            sys.exit("this ssa_rvos has no reference_paths(): time it with --paths fast")
+        return contextlib.nullcontext()
+    return reference_paths(path == "reference")
