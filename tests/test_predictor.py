@@ -184,9 +184,28 @@ def test_equals_postprocess_of_the_full_model(segment_model, video, texts, selec
     for result, pred in zip(results, reference(model, video.frames, texts, selection=selection)):
         assert_same(result, pred)
     assert any(r.masks.any() and not r.masks.all() for r in results)  # the masks say something
-    # Two passes: pass 2 recomputes the same chunks as SSA.forward(frame_chunk=3) runs, hence equal bits.
-    result = SSAPredictor(model, frame_chunk=3, selection=selection).segment(state, texts[0])
-    assert_same(result[0], reference(model, video.frames, texts[:1], frame_chunk=3, selection=selection)[0])
+    # Several chunks: pass 2 either reuses pass 1's mask features (they fit the cache) or recomputes the
+    # same chunks as SSA.forward(frame_chunk=3) runs; equal bits either way.
+    expected = reference(model, video.frames, texts[:1], frame_chunk=3, selection=selection)[0]
+    for cache_bytes in (0, 2**30):
+        predictor = SSAPredictor(model, frame_chunk=3, selection=selection, max_cache_bytes=cache_bytes)
+        assert_same(predictor.segment(state, texts[0])[0], expected)
+
+
+def test_mask_features_are_kept_from_pass_1_only_when_they_fit(segment_model, video, texts, monkeypatch):
+    from ssa_rvos.modeling import SSA
+
+    model, _ = segment_model
+    state = SSAPredictor(model).init_state(video.frames)
+    calls = []
+    original = SSA.forward_mask_features
+    monkeypatch.setattr(SSA, "forward_mask_features", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    T = state.num_frames
+    for cache_bytes, recomputed in ((0, True), (2**30, False)):
+        calls.clear()
+        SSAPredictor(model, frame_chunk=2, max_cache_bytes=cache_bytes).segment(state, texts[:2])
+        # two expressions, frame_chunk 2: one frame per call, so T calls when pass 2 recomputes
+        assert len(calls) == (T if recomputed else 0)
 
 
 def test_chunked_equals_unchunked_and_batched_equals_one_by_one(segment_model, video, texts):

@@ -23,7 +23,9 @@ stage in chunks; we also never hold the whole video's mask features):
    or ``top1``, as in :func:`ssa_rvos.postprocess.select_queries`);
 3. pass 2 recomputes, chunk by chunk, the video mask features (the frame stage without its frame decoder,
    :meth:`ssa_rvos.modeling.SSA.forward_mask_features`) and turns them into masks for the chosen queries
-   at the original frame size, one frame at a time. A video that fits in one chunk runs one pass.
+   at the original frame size, one frame at a time. When the mask features of every frame and expression
+   fit in ``max_cache_bytes`` (default 256 MiB: 1,365 frames x expressions for the tiny model at
+   96 x 128, 45 for the large one at 224 x 416), pass 1 keeps them and pass 2 does not recompute them.
 
 The resized frames are kept in RAM up to ``max_ram_bytes`` (default 256 MiB, about 250 frames at
 448 x 796); a longer video's frames go to an anonymous temporary file (``TMPDIR``), written once and read
@@ -59,6 +61,7 @@ __all__ = ["DEFAULT_SHORT_SIDE", "ExpressionResult", "FrameResult", "Propagation
 # The test short side when the model does not name one (Ref-YouTube-VOS / DAVIS; MeViS models carry 448).
 DEFAULT_SHORT_SIDE = 480
 DEFAULT_MAX_RAM_BYTES = 256 * 2**20
+DEFAULT_MAX_CACHE_BYTES = 256 * 2**20
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -277,12 +280,14 @@ class SSAPredictor:
     not grow with the number of expressions either. short_side: the test resize's short side (default: the
     one the model was trained for, else 480); max_long_side: its cap on the long side. selection /
     threshold: how video queries are chosen (``union``: every query scoring above the threshold, for
-    multi-target expressions; ``top1``: the best one).
+    multi-target expressions; ``top1``: the best one). max_ram_bytes: resized frames kept in RAM (more go
+    to a temporary file); max_cache_bytes: mask features kept from pass 1 (0: always recompute them).
     """
 
     def __init__(self, model, *, device: str | torch.device | None = None, frame_chunk: int = 18,
                  short_side: int | None = None, max_long_side: int = TEST_MAX_LONG, threshold: float = 0.5,
-                 selection: str = "union", max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES) -> None:
+                 selection: str = "union", max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES,
+                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if frame_chunk < 1:
@@ -298,6 +303,9 @@ class SSAPredictor:
         self.threshold = float(threshold)
         self.selection = selection
         self.max_ram_bytes = int(max_ram_bytes)
+        if max_cache_bytes < 0:
+            raise ValueError(f"max_cache_bytes must be >= 0, got {max_cache_bytes}")
+        self.max_cache_bytes = int(max_cache_bytes)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "auto",
@@ -414,13 +422,14 @@ class SSAPredictor:
     @torch.inference_mode()
     def _select(self, state: VideoState, texts: list[str], progress: bool):
         """Pass 1 and the video stage -> text features, projected sentences, the selected queries' mask
-        embeddings, indices and scores per expression, and the mask features when the video is one chunk."""
+        embeddings, indices and scores per expression, and the mask features of every chunk when they fit in
+        ``max_cache_bytes`` (else None: pass 2 recomputes them)."""
         from tqdm import tqdm
 
         model = self.model
         E, T = len(texts), state.num_frames
         chunks = self._chunks(T, E)
-        queries, tokens, cache = [], [], None
+        queries, tokens, cache = [], [], []
         with self._autocast():
             text = model.encode_text(texts)
             sentence = model.sentence_proj(text.sentence)  # (E, C)
@@ -431,8 +440,10 @@ class SSAPredictor:
                                               sentence=sentence.repeat_interleave(k, dim=0))
                     queries.append(fs.queries.unflatten(1, (E, k)))  # (K, E, k, N, C)
                     tokens.append(fs.sentence.unflatten(0, (E, k)))  # (E, k, C)
-                    if len(chunks) == 1:
-                        cache = fs.video_mask_features
+                    if cache is not None:  # decided on the first chunk: the whole video's features fit, or none kept
+                        f = fs.video_mask_features
+                        fits = f.numel() * f.element_size() / k * T <= self.max_cache_bytes
+                        cache = cache + [f] if fits else None
                     del fs  # the frame masks and mask features of this chunk are not needed again
                     bar.update(k)
             video = model.forward_video(torch.cat(queries, dim=2), torch.cat(tokens, dim=1))
@@ -456,10 +467,11 @@ class SSAPredictor:
         # Inference mode and autocast are entered per step, never held across a yield: they are
         # thread-wide and would leak into the caller's code between frames.
         with tqdm(total=T, desc="masks", unit="frame", disable=not progress) as bar:
-            for s, e in self._chunks(T, E):
+            for i, (s, e) in enumerate(self._chunks(T, E)):
                 k = e - s
                 if cache is not None:
-                    feats = cache
+                    feats = cache[i]
+                    cache[i] = None  # released as pass 2 moves on
                 else:
                     with torch.inference_mode(), self._autocast():
                         feats = model.forward_mask_features(self._images(state, s, e, E), text.repeat_frames(k),
