@@ -29,7 +29,7 @@ import sys
 import time
 
 import numpy as np
-from benchutil import machine, rss_mib, run_child, write_results
+from benchutil import machine, machine_line, rss_mib, run_child, write_results
 
 DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 30)}
@@ -115,8 +115,7 @@ def child(args: argparse.Namespace) -> None:
 def print_table(results: list[dict]) -> None:
     r0 = results[0]
     m = r0["machine"]
-    print(f"machine: {m['cpu']} ({m['cpu_count']} cores, {m['threads']} torch threads), torch {m['torch']}"
-          + (f", GPU {m['gpu']}" if r0["device"].startswith("cuda") else ""))
+    print(machine_line(m, gpu=r0["device"].startswith("cuda")))
     print(f"{r0['model']} (random weights) on {r0['device']}, {r0['frames']} frames of {r0['video_size'][0]}x"
           f"{r0['video_size'][1]} seen at {r0['input_size'][0]}x{r0['input_size'][1]}, frame chunk {r0['frame_chunk']}, "
           f"{r0['api']}; median of {len(r0['seconds'])} run(s)\n")

@@ -44,7 +44,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from benchutil import machine, operator_paths, rss_mib, run_child, write_results
+from benchutil import machine, machine_line, operator_paths, rss_mib, run_child, write_results
 
 DEFAULT_SIZES = {"ssa_tiny": (96, 128), "ssa_convnext_large": (448, 800)}
 TEXT = "the red square moving to the left"
@@ -265,8 +265,7 @@ def print_comparison(results: list[dict]) -> None:
 def print_tables(results: list[dict]) -> None:
     r0 = results[0]
     m = r0["machine"]
-    print(f"machine: {m['cpu']} ({m['cpu_count']} cores, {m['threads']} torch threads), torch {m['torch']}"
-          + (f", GPU {m['gpu']}" if r0["device"].startswith("cuda") else ""))
+    print(machine_line(m, gpu=r0["device"].startswith("cuda")))
     print(f"{r0['model']} on {r0['device']} in {r0['dtype']}, {r0['size'][0]}x{r0['size'][1]} frames (padded to "
           f"{r0['padded_size'][0]}x{r0['padded_size'][1]}), 1 expression, frame chunk {r0['frame_chunk']}, "
           f"random weights; {r0['paths']} operators; median of {len(r0['whole_seconds'])} run(s)\n")

@@ -41,7 +41,7 @@ import statistics
 import sys
 import time
 
-from benchutil import machine, operator_paths, rss_mib, run_child, write_results
+from benchutil import machine, machine_line, operator_paths, rss_mib, run_child, write_results
 
 AMP = ("off", "bf16", "fp16")
 SETUPS = ("tiny", "synthref", "paper")
@@ -167,8 +167,7 @@ def measure(args: argparse.Namespace) -> None:
 
 def print_table(results: list[dict], skipped: list[str]) -> None:
     m = results[0]["machine"]
-    print(f"machine: {m['cpu']} ({m['cpu_count']} cores, {m['threads']} torch threads), torch {m['torch']}"
-          + (f", GPU {m['gpu']}" if m["gpu"] else ""))
+    print(machine_line(m, gpu=True))
     described = set()
     for r in results:
         if r["setup"] not in described:

@@ -23,6 +23,12 @@ def machine() -> dict:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
+def machine_line(m: dict, *, gpu: bool) -> str:
+    """One line naming the machine of ``machine()``'s dict ``m``; ``gpu``: whether to name its GPU."""
+    return (f"machine: {m['cpu']} ({m['cpu_count']} cores, {m['threads']} torch threads), torch {m['torch']}"
+            + (f", GPU {m['gpu']}" if gpu and m["gpu"] else ""))
+
+
 def rss_mib() -> float:
     """Peak resident memory of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -442,8 +442,10 @@ class SSAPredictor:
                     tokens.append(fs.sentence.unflatten(0, (E, k)))  # (E, k, C)
                     if cache is not None:  # decided on the first chunk: the whole video's features fit, or none kept
                         f = fs.video_mask_features
-                        fits = f.numel() * f.element_size() / k * T <= self.max_cache_bytes
-                        cache = cache + [f] if fits else None
+                        if f.numel() * f.element_size() / k * T <= self.max_cache_bytes:
+                            cache.append(f)
+                        else:
+                            cache = None
                     del fs  # the frame masks and mask features of this chunk are not needed again
                     bar.update(k)
             video = model.forward_video(torch.cat(queries, dim=2), torch.cat(tokens, dim=1))
