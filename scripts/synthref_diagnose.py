@@ -10,12 +10,14 @@ its outputs are scored (region similarity J, mean over frames, percent) in five 
 * ``frame top1`` and ``frame best``: the same two for the frame decoder's last layer, frame by frame
   (before the video stage);
 
-plus the mean number of queries ``union`` selects. ``best query`` far above ``top1`` means grounding errors
+plus the mean number of queries ``union`` selects. ``--text`` prints instead how far apart the frozen
+CLIP puts sentences that differ in one word (what the decoders have to tell apart). ``best query`` far above ``top1`` means grounding errors
 (the right mask exists, the scores pick another); a low ``best query`` means the masks themselves are poor.
 For multi-target expressions no single query covers every target, so their ``top1`` and ``best query`` are
 low by construction.
 
     python scripts/synthref_diagnose.py --data datasets/synthref_heldout --model ssa_tiny.synthref --videos 40
+    python scripts/synthref_diagnose.py --text
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ from ssa_rvos.postprocess import query_masks
 from ssa_rvos.pretrained import load_pretrained
 
 COLUMNS = ("union", "top1", "best query", "frame top1", "frame best")
+
+# Sentence pairs that differ in one attribute, as the generator words them.
+TEXT_PAIRS = (
+    ("colour", "the red circle", "the blue circle"),
+    ("shape", "the red circle", "the red square"),
+    ("size", "the small red circle", "the big red circle"),
+    ("left / right", "the circle moving to the left", "the circle moving to the right"),
+    ("up / down", "the circle moving up", "the circle moving down"),
+    ("still / moving", "the circle that is not moving", "the circle that is moving"),
+    ("stops / starts", "the square that stops moving", "the square that starts moving"),
+)
 
 
 def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray) -> dict[str, float]:
@@ -62,18 +75,40 @@ def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray) -> di
             "frame best": float(frame_j.max(1).mean()), "selected": float(selected.sum())}
 
 
+def text_report(model) -> None:
+    """Cosine similarity of the CLIP sentence features (the end-of-text token, as SSA uses it) and the
+    relative distance ||a - b|| / ||a|| of the word features, for each pair of TEXT_PAIRS."""
+    print("| attribute | sentence a | sentence b | sentence cosine | word features, relative distance |")
+    print("|---|---|---|---|---|")
+    for attribute, a, b in TEXT_PAIRS:
+        text = model.backbone.encode_text([a, b])
+        s = F.normalize(text.sentence.float(), dim=-1)
+        keep = text.word_mask[0] | text.word_mask[1]
+        wa, wb = text.words[0][keep].float(), text.words[1][keep].float()
+        print(f"| {attribute} | {a} | {b} | {float(s[0] @ s[1]):.3f} | {float((wa - wb).norm() / wa.norm()):.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="SynthRef folder")
+    p.add_argument("--data", help="SynthRef folder (required unless --text)")
     p.add_argument("--split", default="valid_u", help="held-out split (default: %(default)s)")
     p.add_argument("--model", default=None, help="bundled name, checkpoint file or folder (default: the bundled model)")
     p.add_argument("--videos", type=int, default=40, help="first N videos of the split (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--short-side", type=int, default=None,
+                   help="resize frames to this short side (default: the model's test_short_side)")
+    p.add_argument("--text", action="store_true", help="only compare the CLIP features of one-word-apart sentences")
     args = p.parse_args(argv)
+    if not args.text and not args.data:
+        p.error("--data is required (or --text)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     model = load_pretrained(args.model, device="cpu").eval()
+    if args.text:
+        with torch.inference_mode():
+            text_report(model)
+        return 0
     dataset = MeViS(args.data, args.split)
     kinds = expression_kinds(args.data, args.split)
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -82,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             for expr in dataset.video_expressions(video):
                 frames = dataset.read_frames(video, list(expr.frames))
                 H, W = frames.shape[1:3]
-                size = test_resize_shape(H, W, short=model.config.test_short_side or min(H, W), max_long=1333)
+                size = test_resize_shape(H, W, short=args.short_side or model.config.test_short_side or min(H, W), max_long=1333)
                 clip = torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size)))
                 clip = clip.permute(0, 3, 1, 2)[None].float()
                 gt = dataset.target_masks(expr, list(expr.frames)).astype(bool)

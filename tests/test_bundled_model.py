@@ -18,13 +18,14 @@ from ssa_rvos.pretrained import BUNDLED, DEFAULT_MODEL, bundled_path, load_pretr
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The shipped weights score J&F 49.4 on this sample (10 videos, 62 expressions; an untrained SSA on the same
+# The shipped weights score J&F 51.9 on this sample (10 videos, 62 expressions; an untrained SSA on the same
 # frozen CLIP scores 5.5). The floor leaves room for numerical differences across machines.
 FLOOR = 35.0
-# IoU of the demo's motion-only target over its 12 frames: 0.24 measured. The shipped model does not yet
-# single that star out (a mask of every object scores 0.23, see docs/synthref.md); this checks that the
-# README's command runs end to end and that its mask covers the target, not that it is right.
-DEMO_FLOOR = 0.15
+# The quick start's demo (examples/demo.mp4, 8 sentences in examples/demo_expressions.txt): mean IoU over
+# the sentences 0.311 measured; marking every object scores 0.242. So the floor asks for better than "mark
+# everything", averaged over the demo. (The README's own sentence, "the star moving to the right", alone:
+# IoU 0.087; the model does not single that star out, see docs/synthref.md.)
+DEMO_FLOOR = 0.27
 SAMPLE_SEED = 7  # training used seed 0, the published table seed 1
 
 
@@ -55,7 +56,8 @@ def test_bundled_model_segments_held_out_videos(sample, tmp_path):
 
 
 def test_quick_start_command_segments_the_demo(tmp_path, capsys):
-    """The README's first command, on the shipped demo video, with the default model."""
+    """The README's first command, on the shipped demo video, with the default model; then every
+    sentence of the demo at once (``--texts-file``), scored against the demo's own masks."""
     from ssa_rvos.cli import main
 
     out = tmp_path / "out"
@@ -63,8 +65,16 @@ def test_quick_start_command_segments_the_demo(tmp_path, capsys):
                  "--output", str(out), "--quiet"]) == 0
     assert "[0] 'the star moving to the right'" in capsys.readouterr().out
     masks = np.stack([read_mask_png(out / "0" / f"{t:05d}.png") for t in range(12)])
+    assert masks.shape == (12, 192, 192) and masks.any()
+
     video = render_video(12, frames=12, size=192)  # examples/README.md: the demo is seed 12
-    target = video.objects[1].masks  # the red star moving right (expression 3 of the demo)
-    assert video.expressions[3] == {"exp": "the star moving to the right", "obj_id": [1], "kind": "motion"}
-    iou = (masks & target).sum() / (masks | target).sum()
-    assert iou >= DEMO_FLOOR
+    texts = (REPO / "examples" / "demo_expressions.txt").read_text().splitlines()
+    assert main(["segment", str(REPO / "examples" / "demo.mp4"), "--texts-file",
+                 str(REPO / "examples" / "demo_expressions.txt"), "--output", str(tmp_path / "all"), "--quiet"]) == 0
+    ious = []
+    for k, text in enumerate(texts):
+        (expression,) = [e for e in video.expressions if e["exp"] == text]
+        target = np.any([video.objects[i].masks for i in expression["obj_id"]], axis=0)
+        masks = np.stack([read_mask_png(tmp_path / "all" / str(k) / f"{t:05d}.png") for t in range(12)])
+        ious.append((masks & target).sum() / (masks | target).sum())
+    assert len(ious) == 8 and np.mean(ious) >= DEMO_FLOOR, ious

@@ -75,6 +75,11 @@ def test_recipes_say_what_they_should():
     tiny = load_config("tiny_cpu")
     assert tiny.model.preset == "ssa_tiny" and tiny.model.clip_weights is None
     assert [d.name for d in tiny.data.datasets] == ["synthetic"] and tiny.amp == "off"
+    synthref, stage2 = load_config("synthref"), load_config("synthref_stage2")
+    assert synthref.model.preset == "ssa_tiny" and not synthref.data.augment and synthref.seed == 0
+    # stage 2 is stage 1 again (same data, losses, schedule), started from stage 1's weights on other clips
+    assert stage2.seed == 1 and stage2.output_dir == "runs/synthref_stage2" and stage2.model.init_from is None
+    assert (stage2.data, stage2.loss, stage2.optim) == (synthref.data, synthref.loss, synthref.optim)
     for name in list_recipes():  # every recipe's roots are relative (datasets/<name>)
         assert all(not os.path.isabs(d.root) for d in load_config(name).data.datasets)
 

@@ -24,7 +24,7 @@ __all__ = ["BUNDLED", "DEFAULT_MODEL", "bundled_path", "list_pretrained", "load_
 
 # name -> (file under ssa_rvos/weights, its SHA-256): a damaged or replaced file is refused
 BUNDLED: dict[str, tuple[str, str]] = {
-    "ssa_tiny.synthref": ("ssa_tiny_synthref.safetensors", "e43765fbc028a11a5184bf621fcee4eae78ec4bbde4ba544ae577fc72d445ff4"),
+    "ssa_tiny.synthref": ("ssa_tiny_synthref.safetensors", "b0338ca12eb9a2fbb1c1fafdad69607075383db8a398ab08ebef7968b5da49a9"),
 }
 DEFAULT_MODEL = "ssa_tiny.synthref"
 HF_PREFIX = "hf://"
