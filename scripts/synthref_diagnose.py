@@ -10,11 +10,13 @@ its outputs are scored (region similarity J, mean over frames, percent) in five 
 * ``frame top1`` and ``frame best``: the same two for the frame decoder's last layer, frame by frame
   (before the video stage);
 
-plus the mean number of queries ``union`` selects. ``--text`` prints instead how far apart the frozen
-CLIP puts sentences that differ in one word (what the decoders have to tell apart). ``best query`` far above ``top1`` means grounding errors
+plus the mean number of queries ``union`` selects. ``best query`` far above ``top1`` means grounding errors
 (the right mask exists, the scores pick another); a low ``best query`` means the masks themselves are poor.
 For multi-target expressions no single query covers every target, so their ``top1`` and ``best query`` are
-low by construction.
+low by construction. ``--short-side`` predicts at another size than the model's own.
+
+``--text`` prints instead how far apart the frozen CLIP puts sentences that differ in one word (what the
+decoders have to tell apart).
 
     python scripts/synthref_diagnose.py --data datasets/synthref_heldout --model ssa_tiny.synthref --videos 40
     python scripts/synthref_diagnose.py --text
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             for expr in dataset.video_expressions(video):
                 frames = dataset.read_frames(video, list(expr.frames))
                 H, W = frames.shape[1:3]
-                size = test_resize_shape(H, W, short=args.short_side or model.config.test_short_side or min(H, W), max_long=1333)
+                short = args.short_side or model.config.test_short_side or min(H, W)
+                size = test_resize_shape(H, W, short=short, max_long=1333)
                 clip = torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size)))
                 clip = clip.permute(0, 3, 1, 2)[None].float()
                 gt = dataset.target_masks(expr, list(expr.frames)).astype(bool)
