@@ -10,7 +10,8 @@ its outputs are scored (region similarity J, mean over frames, percent) in five 
 * ``frame top1`` and ``frame best``: the same two for the frame decoder's last layer, frame by frame
   (before the video stage);
 
-plus the mean number of queries ``union`` selects. ``best query`` far above ``top1`` means grounding errors
+plus the mean number of queries ``union`` selects (and, with ``--thresholds``, ``union`` at other score
+thresholds than the protocol's 0.5). ``best query`` far above ``top1`` means grounding errors
 (the right mask exists, the scores pick another); a low ``best query`` means the masks themselves are poor.
 For multi-target expressions no single query covers every target, so their ``top1`` and ``best query`` are
 low by construction. ``--short-side`` predicts at another size than the model's own.
@@ -19,6 +20,7 @@ low by construction. ``--short-side`` predicts at another size than the model's 
 decoders have to tell apart).
 
     python scripts/synthref_diagnose.py --data datasets/synthref_heldout --model ssa_tiny.synthref --videos 40
+    python scripts/synthref_diagnose.py --data datasets/synthref --split valid_u --thresholds 0.3,0.7,0.9
     python scripts/synthref_diagnose.py --text
 """
 
@@ -53,8 +55,10 @@ TEXT_PAIRS = (
 )
 
 
-def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray) -> dict[str, float]:
-    """clip: (1, T, 3, h, w) resized frames; gt: (T, H, W) bool at the original size."""
+def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray,
+                     thresholds: tuple[float, ...] = ()) -> dict[str, float]:
+    """clip: (1, T, 3, h, w) resized frames; gt: (T, H, W) bool at the original size; ``thresholds`` adds
+    a ``union@t`` entry for each (the union of the queries scoring > t)."""
     T, H, W = gt.shape
     out = model(clip, [text])
     scores = out.video_scores()[-1, 0]  # (N,): the last video layer, eval-mode K = 1
@@ -62,8 +66,11 @@ def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray) -> di
                               padded_size=out.padded_size, image_size=out.image_size, output_size=(H, W))
     masks = masks.numpy()  # (N, T, H, W)
     per_query = np.array([jaccard(gt, m).mean() for m in masks])
+    def union_j(threshold: float) -> float:
+        chosen = (scores > threshold).numpy()
+        return float(jaccard(gt, masks[chosen].any(0) if chosen.any() else np.zeros_like(gt)).mean())
+
     selected = (scores > 0.5).numpy()
-    union = masks[selected].any(0) if selected.any() else np.zeros_like(gt)
 
     # Frame decoder, last layer: its masks at stride 4 of the padded input, cropped and resized.
     h, w = out.image_size
@@ -71,10 +78,11 @@ def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray) -> di
     frame = F.interpolate(frame[..., :h, :w], size=(H, W), mode="bilinear", align_corners=False) > 0  # (T, N, H, W)
     frame_scores = out.frame_logits[-1, 0].softmax(-1)[..., 0]  # (T, N)
     frame_j = np.stack([jaccard(np.repeat(gt[t][None], frame.shape[1], 0), frame[t].numpy()) for t in range(T)])
-    return {"union": float(jaccard(gt, union).mean()), "top1": float(per_query[int(scores.argmax())]),
+    return {"union": union_j(0.5), "top1": float(per_query[int(scores.argmax())]),
             "best query": float(per_query.max()),
             "frame top1": float(frame_j[np.arange(T), frame_scores.argmax(1).numpy()].mean()),
-            "frame best": float(frame_j.max(1).mean()), "selected": float(selected.sum())}
+            "frame best": float(frame_j.max(1).mean()), "selected": float(selected.sum()),
+            **{f"union@{t:g}": union_j(t) for t in thresholds}}
 
 
 def text_report(model) -> None:
@@ -99,10 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--short-side", type=int, default=None,
                    help="resize frames to this short side (default: the model's test_short_side)")
+    p.add_argument("--thresholds", default="",
+                   help="comma-separated score thresholds: add a union column for each (e.g. 0.3,0.7,0.9)")
     p.add_argument("--text", action="store_true", help="only compare the CLIP features of one-word-apart sentences")
     args = p.parse_args(argv)
     if not args.text and not args.data:
         p.error("--data is required (or --text)")
+    try:
+        thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
+    except ValueError:
+        p.error(f"--thresholds: expected comma-separated numbers, got {args.thresholds!r}")
+    if any(not 0 <= t < 1 for t in thresholds):
+        p.error(f"--thresholds: every threshold must be in [0, 1), got {args.thresholds!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -124,19 +140,20 @@ def main(argv: list[str] | None = None) -> int:
                 clip = torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size)))
                 clip = clip.permute(0, 3, 1, 2)[None].float()
                 gt = dataset.target_masks(expr, list(expr.frames)).astype(bool)
-                result = score_expression(model, clip, expr.text, gt)
+                result = score_expression(model, clip, expr.text, gt, thresholds)
                 for group in ("overall", kinds[(video, expr.exp_id)]):
                     for key, value in result.items():
                         rows[group][key].append(value)
 
     print(f"J (percent, mean over frames and expressions); first {args.videos} videos of {args.data} {args.split}")
-    print(f"| kind | expressions | {' | '.join(COLUMNS)} | queries selected |")
-    print("|" + "---|" * (len(COLUMNS) + 3))
+    columns = (*COLUMNS, *(f"union@{t:g}" for t in thresholds))
+    print(f"| kind | expressions | {' | '.join(columns)} | queries selected |")
+    print("|" + "---|" * (len(columns) + 3))
     for group in ("overall", *KINDS):
         if group not in rows:
             continue
         r = rows[group]
-        cells = " | ".join(f"{100 * np.mean(r[c]):.1f}" for c in COLUMNS)
+        cells = " | ".join(f"{100 * np.mean(r[c]):.1f}" for c in columns)
         print(f"| {group} | {len(r['union'])} | {cells} | {np.mean(r['selected']):.2f} |")
     return 0
 

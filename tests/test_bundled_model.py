@@ -78,3 +78,26 @@ def test_quick_start_command_segments_the_demo(tmp_path, capsys):
         masks = np.stack([read_mask_png(tmp_path / "all" / str(k) / f"{t:05d}.png") for t in range(12)])
         ious.append((masks & target).sum() / (masks | target).sum())
     assert len(ious) == 8 and np.mean(ious) >= DEMO_FLOOR, ious
+
+
+def test_diagnose_script_scores_agree(sample, capsys):
+    """scripts/synthref_diagnose.py: its columns obey their definitions on the default model (the oracle
+    ``best query`` is never below ``top1``; ``union@0.5`` is the protocol's ``union``), and a bad
+    ``--thresholds`` is refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthref_diagnose", REPO / "scripts" / "synthref_diagnose.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    assert diagnose.main(["--data", str(sample), "--videos", "2", "--thresholds", "0.5,0.9", "--threads", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    overall = dict(zip(header, (c.strip() for c in lines[2].strip("|").split("|"))))
+    assert header[:2] == ["kind", "expressions"] and overall["kind"] == "overall"
+    assert int(overall["expressions"]) >= 5
+    assert float(overall["best query"]) >= float(overall["top1"]) > 0
+    assert float(overall["frame best"]) >= float(overall["frame top1"])
+    assert overall["union@0.5"] == overall["union"]
+    with pytest.raises(SystemExit):
+        diagnose.main(["--data", str(sample), "--thresholds", "0.5,high"])
+    assert "--thresholds" in capsys.readouterr().err
