@@ -68,12 +68,18 @@ def test_writes_pngs_rle_overlay_and_a_summary(segment_model, mp4, tmp_path, cap
     assert summary[0].startswith(f"[0] '{TEXTS[0]}': mask in ") and "mean area" in summary[0]
     assert summary[1].startswith(f"[1] '{TEXTS[1]}'") and summary[2].startswith("wrote 2 mask folders")
 
-    # A rerun replaces the folders; frame selection keeps the input's frame numbers as names.
-    code, _, err = run(capsys, mp4, "-t", TEXTS[0], "-o", out, "--model", checkpoint, "--start", "1", "--end", "7",
-                       "--every", "3", "--quiet")
+    # A rerun replaces the folders and removes the earlier run's outputs it does not rewrite (a folder
+    # that is not segment's own is left alone); frame selection keeps the input's frame numbers as names.
+    (out / "7").mkdir()
+    (out / "7" / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "8").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out / "8" / "photo.png")  # a colour image: not a mask
+    code, stdout, err = run(capsys, mp4, "-t", TEXTS[0], "-o", out, "--model", checkpoint, "--start", "1",
+                            "--end", "7", "--every", "3", "--quiet")
     assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["0", "7", "8"]
     assert sorted(p.stem for p in (out / "0").iterdir()) == ["00001", "00004"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert stdout.strip().splitlines()[-1].endswith("; removed from an earlier run: 1/, masks.json, overlay.mp4")
 
 
 def test_default_model_frame_folders_grayscale_rgba_and_one_pixel(segment_model, tmp_path, capsys, monkeypatch):

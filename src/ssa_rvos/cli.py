@@ -303,6 +303,38 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_stale_outputs(out: Path, *, keep: set[str], keep_rle: bool, keep_overlay: bool) -> list[str]:
+    """After a run into a folder that already held ``segment`` outputs, remove the ones this run did not
+    write, so the folder describes one run: numbered mask folders beyond this run's expressions (only
+    those holding nothing but grayscale .png files, as ``segment`` writes them: a folder of the user's
+    own images stays), and ``masks.json`` / ``overlay.mp4`` when this run wrote none. Returns the names
+    removed."""
+    import shutil
+
+    from PIL import Image
+
+    def is_mask_png(f: Path) -> bool:
+        if not (f.is_file() and f.suffix == ".png"):
+            return False
+        try:
+            with Image.open(f) as im:  # reads the header only
+                return im.format == "PNG" and im.mode in ("L", "1")
+        except OSError:
+            return False
+
+    removed = []
+    for entry in sorted(out.iterdir(), key=lambda p: (len(p.name), p.name)):
+        if entry.is_dir() and not entry.is_symlink() and entry.name.isdigit() and entry.name not in keep:
+            if all(is_mask_png(f) for f in entry.iterdir()):
+                shutil.rmtree(entry)
+                removed.append(f"{entry.name}/")
+    for name, kept in (("masks.json", keep_rle), ("overlay.mp4", keep_overlay)):
+        if not kept and (out / name).is_file():
+            (out / name).unlink()
+            removed.append(name)
+    return removed
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     import shutil
     import uuid
@@ -421,6 +453,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         for e, tmp in enumerate(tmp_dirs):
             _replace_dir(tmp, out / str(e))
         tmp_dirs = []
+        stale = _remove_stale_outputs(out, keep={str(e) for e in range(E)} if png else set(),
+                                      keep_rle=rle, keep_overlay=bool(args.overlay))
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -436,7 +470,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
               f"{len(scores)} {'query' if len(scores) == 1 else 'queries'}, {top}")
     written = [f"{E} mask folders" if png else None, "masks.json" if rle else None,
                "overlay.mp4" if args.overlay else None]
-    print(f"wrote {', '.join(w for w in written if w)} to {out} ({T} frames of {H}x{W})")
+    print(f"wrote {', '.join(w for w in written if w)} to {out} ({T} frames of {H}x{W})"
+          + (f"; removed from an earlier run: {', '.join(stale)}" if stale else ""))
     return 0
 
 
@@ -546,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", "-t", action="append", metavar="T", help="a referring expression (repeat for several)")
     p.add_argument("--texts-file", metavar="F", help="a UTF-8 file of expressions, one per non-empty line")
     p.add_argument("--output", "-o", required=True, help="output folder: <expression index>/<frame>.png, masks.json, "
-                   "overlay.mp4")
+                   "overlay.mp4; a rerun into it replaces (and removes) the earlier run's outputs")
     p.add_argument("--model", help="a model name or checkpoint (default: the bundled ssa_tiny.synthref)")
     p.add_argument("--selection", choices=("union", "top1"), default="union",
                    help="union: every video query above --threshold (multiple targets); top1: the best (default: "
