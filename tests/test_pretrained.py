@@ -2,6 +2,7 @@
 config, per-kind scores, and the pretrain-clip command."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,29 @@ def test_names_files_and_folders_resolve(checkpoint, tmp_path):
         resolve_weights(tmp_path)
     with pytest.raises(ValueError, match="expected hf://"):
         resolve_weights("hf://only-owner")
+
+
+def test_bundled_weights_are_checked(monkeypatch, capsys, tmp_path):
+    """A bundled name resolves only to an intact file: an unknown name, a file missing from the installation
+    and a file whose SHA-256 differs from the registered one are refused (the CLI in one line)."""
+    import ssa_rvos.pretrained as pretrained
+
+    assert pretrained.list_pretrained() == sorted(BUNDLED) and DEFAULT_MODEL in pretrained.list_pretrained()
+    file, sha256 = BUNDLED[DEFAULT_MODEL]
+    with pytest.raises(ValueError, match="unknown bundled model 'ssa_tiny.other'"):
+        bundled_path("ssa_tiny.other")
+    monkeypatch.setitem(pretrained.BUNDLED, "ssa_tiny.gone", ("ssa_tiny_gone.safetensors", sha256))
+    with pytest.raises(FileNotFoundError, match="ssa_tiny_gone.safetensors is missing from this installation"):
+        resolve_weights("ssa_tiny.gone")
+    flipped = sha256[:-1] + ("0" if sha256[-1] != "0" else "1")  # the shipped file no longer matches
+    monkeypatch.setitem(pretrained.BUNDLED, DEFAULT_MODEL, (file, flipped))
+    with pytest.raises(ValueError, match="a damaged or replaced file"):
+        resolve_weights(None)
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo.mp4"
+    assert main(["segment", str(demo), "-t", "the red star", "-o", str(tmp_path / "out")]) != 0
+    assert not (tmp_path / "out").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged or replaced" in err[0], err
 
 
 def test_hub_names_go_through_hf_hub_download(checkpoint, monkeypatch):
