@@ -1,10 +1,12 @@
+import json
 import math
 
 import pytest
 import torch
 
-from ssa_rvos.checkpoint import load_model, read_checkpoint, save_model
+from ssa_rvos.checkpoint import convert_official_checkpoint, load_model, read_checkpoint, save_model
 from ssa_rvos.cli import main
+from ssa_rvos.modeling import ClipConfig
 
 
 def test_save_and_load_round_trip(tiny_model, tmp_path):
@@ -50,9 +52,16 @@ def test_convert_command_writes_a_loadable_checkpoint(fixtures_dir, tmp_path, ca
     config, state = read_checkpoint(out)
     assert config.hidden_dim == 64 and config.frame_decoder.ffn_dim == 128 and config.video_decoder.ffn_dim == 128
     assert config.clip.architecture["vision_cfg"]["timm_model_name"] == "convnext_atto"
-    model = load_model(out)
-    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == sum(
-        v.numel() for k, v in state.items() if not k.startswith("backbone.clip."))
+    # The file holds what the library conversion makes of the same checkpoint and CLIP settings.
+    arch = json.loads((folder / "meta.json").read_text())["clip_config"]
+    clip = ClipConfig(model_name="convnext_tinyfix", architecture=arch)
+    expected, _ = convert_official_checkpoint(folder / "official_tiny.pth", clip=clip)
+    assert config == expected.config
+    want = expected.state_dict()
+    assert state.keys() == want.keys()
+    assert all(torch.equal(state[k], want[k]) for k in want)
+    loaded = load_model(out).state_dict()
+    assert all(torch.equal(loaded[k], want[k]) for k in want)
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -48,10 +48,14 @@ def _expected(records):
 
 
 def test_clean_expression_matches_the_model():
+    from ssa_rvos.modeling.clip_backbone import clean_sentence
+
     assert clean_expression("  The Bird\tflying\nAWAY ") == "the bird flying away"
-    src = Path(__file__).resolve().parents[1] / "src" / "ssa_rvos" / "modeling" / "clip_backbone.py"
-    if src.is_file():  # the model's clean_sentence must stay the same normalisation
-        assert '" ".join(text.lower().split())' in src.read_text()
+    # The readers' normalisation must stay the one the model applies before tokenising.
+    texts = ["  The Bird\tflying\nAWAY ", "A\r\nB\x0bC\x0cD", "Ünïcode\u00a0SPACE\u3000Straße İ",
+             "already clean", "", " \t\n ", "Dog, 2nd from LEFT!"]
+    for text in texts:
+        assert clean_expression(text) == clean_sentence(text), repr(text)
 
 
 def test_data_modules_import_only_numpy_and_pillow():

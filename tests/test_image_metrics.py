@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from ssa_rvos.evaluation.image_metrics import (
     AP_LABELS,
@@ -37,7 +38,6 @@ def test_mttr_iou_reproduces_float32_epsilon():
 
 
 def test_mttr_iou_equals_torch_float32():
-    torch = pytest.importorskip("torch")
     inter = np.array([0, 1, 1, 8, 16, 50, 90, 333, 12345, 999_999])
     union = np.array([40, 2, 3, 16, 32, 100, 100, 1000, 54321, 2_000_001])
     expected = ((torch.tensor(inter, dtype=torch.float32) + 1e-6) / (torch.tensor(union, dtype=torch.float32) + 1e-6))
@@ -140,19 +140,22 @@ def test_map_by_hand(a_first):
     assert iou["P@0.7"] == 1.0 and iou["P@0.8"] == 0.5
 
 
-def test_lower_scored_extra_prediction_lowers_map_but_not_iou():
+def test_an_extra_useless_prediction_counts_only_when_it_ranks_first():
     (g_a, p_a), (g_b, _) = imperfect_samples()
     acc = ImageMetricAccumulator()
     acc.add(g_a, p_a, 0.9)
     acc.add(g_b, np.stack([g_b, np.zeros_like(g_b)]), [0.8, 0.1])  # a perfect mask and a useless one
     m = acc.summary()
     assert m["mAP 0.5:0.95"] == pytest.approx(1.0)  # the extra detection ranks after every true positive
+    assert m["overall_iou"] == m["mean_iou"] == 1.0  # IoU metrics use the top-scored (perfect) mask
     acc2 = ImageMetricAccumulator()
     acc2.add(g_a, p_a, 0.5)
     acc2.add(g_b, np.stack([g_b, np.zeros_like(g_b)]), [0.8, 0.9])  # the useless one ranks first
     m2 = acc2.summary()
-    assert m2["mAP 0.5:0.95"] < 1.0
+    # A false positive, then two true positives: precision 2/3 at every recall, at every IoU threshold.
+    assert m2["mAP 0.5:0.95"] == pytest.approx(2 / 3)
     assert m2["overall_iou"] == pytest.approx(100 / 200)  # IoU metrics use the top-scored (empty) mask
+    assert m2["mean_iou"] == pytest.approx(0.5)
 
 
 def test_no_samples_and_validation():

@@ -309,7 +309,7 @@ def test_from_pretrained_and_devices(segment_model, monkeypatch):
     model, path = segment_model
     predictor = SSAPredictor.from_pretrained(path, device="cpu", frame_chunk=4)
     assert predictor.device.type == "cpu" and predictor.frame_chunk == 4 and not predictor.model.training
-    monkeypatch.setattr(pretrained, "bundled_path", lambda name: path)  # the bundled model, not shipped yet
+    monkeypatch.setattr(pretrained, "bundled_path", lambda name: path)  # a tiny stand-in for the shipped one (speed)
     default = SSAPredictor.from_pretrained()
     assert all(torch.equal(a, b) for a, b in zip(default.model.state_dict().values(), model.state_dict().values()))
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")

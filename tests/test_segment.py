@@ -86,7 +86,7 @@ def test_default_model_frame_folders_grayscale_rgba_and_one_pixel(segment_model,
     import ssa_rvos.pretrained as pretrained
 
     _, checkpoint = segment_model
-    monkeypatch.setattr(pretrained, "bundled_path", lambda name: checkpoint)  # the bundled model, not shipped yet
+    monkeypatch.setattr(pretrained, "bundled_path", lambda name: checkpoint)  # a tiny stand-in: the shipped model is slow on CPU
     frames = render_video(1, frames=6, size=(48, 56)).frames
     folder = tmp_path / "frames"
     folder.mkdir()

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -499,7 +500,6 @@ def test_an_interrupted_split_leaves_nothing_that_looks_complete(tmp_path, monke
 
 
 def test_demo_video_round_trip(tmp_path):
-    av = pytest.importorskip("av")
     path = tmp_path / "demo.mp4"
     exps = write_demo_video(path, seed=2, frames=10, size=(49, 64), fps=8)
     video = render_video(2, frames=10, size=(49, 64))

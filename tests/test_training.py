@@ -253,12 +253,21 @@ def test_eval_hook_runs_on_schedule(tmp_path):
 def test_configured_evaluation_scores_a_split(tmp_path):
     from datagen import write_mevis
 
+    from ssa_rvos.data import MeViS
+    from ssa_rvos.evaluation.evaluate import evaluate_predictions
+    from ssa_rvos.evaluation.predict import predict_split
+
     write_mevis(tmp_path / "mevis", "valid_u")
     result = train(_tiny(tmp_path, "optim.max_steps=1", "eval.dataset=mevis", f"eval.root={tmp_path / 'mevis'}",
                          "eval.short_side=32"))
     scores = result.evals[1]
-    assert set(scores) == {"J", "F", "J&F"} and all(0 <= v <= 1 for v in scores.values())
     assert not any((tmp_path / "run" / "eval").iterdir())  # the predictions were scratch
+    # The same as predicting the split with the trained model (step 1 was the last) and evaluating.
+    dataset = MeViS(tmp_path / "mevis", "valid_u")
+    predict_split(result.model, dataset, tmp_path / "pred", short_side=32)
+    report = evaluate_predictions(dataset, tmp_path / "pred")
+    assert scores == {"J": report.j, "F": report.f, "J&F": report.jf}
+    assert 0 < report.j < 1 and report.j != report.f
 
 
 def test_tensorboard_is_optional(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from datagen import write_mevis, write_refcoco
 
-from ssa_rvos.data.transforms import TRAIN_SHORT_SIDES
+from ssa_rvos.data.transforms import TRAIN_MAX_LONG, TRAIN_SHORT_SIDES
 from ssa_rvos.training.data import (
     ClipStream,
     DataConfig,
@@ -121,7 +121,8 @@ def test_augmented_clips_follow_the_resize_rules(tmp_path):
     for g in range(6):
         clip = ClipStream(config, seed=1)[g]
         h, w = clip.frames.shape[1:3]
-        assert min(h, w) in TRAIN_SHORT_SIDES or max(h, w) <= 768
+        assert max(h, w) <= TRAIN_MAX_LONG
+        assert min(h, w) in TRAIN_SHORT_SIDES or max(h, w) == TRAIN_MAX_LONG
         assert clip.masks.shape[2:] == (h, w)
 
 
