@@ -141,6 +141,6 @@ def test_pretrain_clip_command(tmp_path, capsys):
     assert np.isfinite(report["loss"])
     # Bad values are one-line usage errors
     assert main(args + ["--batch-size", "1"]) == 2
-    assert "batch_size must be >= 2" in capsys.readouterr().err
+    assert "--batch-size must be >= 2" in capsys.readouterr().err
     assert main(["pretrain-clip", "--root", str(tmp_path / "nothing"), "-o", str(out), "--quiet"]) == 1
     assert "nothing" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -228,11 +229,22 @@ def read_official_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for foreign files
-        raise ValueError(f"{path}: not a loadable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({unreadable_reason(path, e)})") from None
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected {{'model': state_dict}} as the authors' code saves it")
     return state
+
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words. Never torch's advice to retry
+    with ``weights_only=False``: that runs whatever code the file holds."""
+    if path.stat().st_size == 0:
+        return "an empty file"
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
+        return "damaged, or it holds Python objects other than tensors and plain data, which are not loaded"
+    first = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def infer_official_config(state: dict[str, Tensor], clip: ClipConfig | None = None) -> SSAConfig:

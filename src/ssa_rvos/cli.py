@@ -16,6 +16,48 @@ class UsageError(Exception):
     """Bad input from the command line: reported as one line, exit code 2."""
 
 
+def _check_output(flag: str, path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Refuse an output path that cannot be written, before any work starts: a folder where a file goes
+    (or a file where a folder goes), or a place under a file or in a read-only folder. Missing parent
+    folders are fine: they are created on writing."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, expected a folder")
+    if not folder and path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory, expected a file")
+    where = path if folder and path.is_dir() else path.parent
+    while not where.exists() and where != where.parent:  # the nearest existing folder above it
+        where = where.parent
+    if not where.is_dir():
+        raise UsageError(f"{flag} {path}: {where} is a file, not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write in {where} (permission denied)")
+    return path
+
+
+def _check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """Integer options that must be >= ``minimum`` (None: the option's default, not checked)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def _check_threshold(value: float) -> None:
+    if not 0 <= value <= 1:  # NaN fails this too
+        raise UsageError(f"--threshold must be a number in [0, 1], got {value}")
+
+
+def _resolve_device(name: str | None):
+    """--device as a torch.device (None: auto); an unknown or unavailable device is a usage error."""
+    from .predictor import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
+
+
 def _parts(model) -> list[tuple[str, object]]:
     return [
         ("clip (frozen)", model.backbone.clip),
@@ -66,15 +108,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(f"{source}: no such file (expected the authors' .pth checkpoint)")
     if target.suffix != ".safetensors":
         raise UsageError(f"-o {target}: the output must be a .safetensors file")
-    if target.is_dir():
-        raise UsageError(f"-o {target}: is a directory")
+    _check_output("-o", target)
     clip = ClipConfig(model_name=args.clip_model)
     if args.clip_config:
         try:
             arch = json.loads(Path(args.clip_config).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"--clip-config {args.clip_config}: not a readable JSON file ({e})") from None
-        arch = arch.get("clip_config", arch)  # accept the fixture's meta.json as well
+        if isinstance(arch, dict):
+            arch = arch.get("clip_config", arch)  # accept the fixture's meta.json as well
+        if not isinstance(arch, dict):
+            raise UsageError(f"--clip-config {args.clip_config}: expected a JSON object (an open_clip model "
+                             f"config), got {type(arch).__name__}")
         clip = replace(clip, architecture=arch)
     clip = replace(clip, word_mask_rule=args.word_mask)
     model, report = convert_official_checkpoint(source, clip=clip)
@@ -121,9 +166,19 @@ def _predict(args: argparse.Namespace, dataset, output: Path) -> None:
     print(f"predicted {stats.written} expressions, {stats.skipped} already in {output}", file=sys.stderr)
 
 
+def _check_model_args(args: argparse.Namespace) -> None:
+    """The options of ``_add_model_args``, checked before anything is read or written."""
+    if args.device is not None:
+        args.device = str(_resolve_device(args.device))
+    _check_threshold(args.threshold)
+    _check_at_least(args, 1, "short_side", "frame_chunk")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_model_args(args)
+    output = _check_output("--output", args.output, folder=True)
     dataset = _open_dataset(args.dataset, args.root, args.split)
-    _predict(args, dataset, Path(args.output))
+    _predict(args, dataset, output)
     return 0
 
 
@@ -136,8 +191,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if bool(args.predictions) == bool(args.model):
         raise UsageError("give either --predictions DIR or --model NAME_OR_PATH")
-    if args.output and Path(args.output).is_dir():
-        raise UsageError(f"--output {args.output}: is a directory (expected a .json file)")
+    if args.predictions and args.save_predictions:
+        raise UsageError("--save-predictions goes with --model (with --predictions the predictions are already "
+                         "in a folder)")
+    _check_at_least(args, 1, "workers")
+    if args.model:
+        _check_model_args(args)
+    if args.save_predictions:
+        _check_output("--save-predictions", args.save_predictions, folder=True)
+    if args.output:
+        _check_output("--output", args.output)
     dataset = _open_dataset(args.dataset, args.root, args.split)
     if not dataset.has_masks:
         raise UsageError(f"--split {dataset.split}: {dataset.name} has no ground truth for it (a server split: "
@@ -172,6 +235,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from .evaluation.submit import check_submission, write_submission
 
+    _check_at_least(args, 0, "max_problems")
+    if not args.check and args.output:
+        if Path(args.output).suffix != ".zip":
+            raise UsageError(f"-o {args.output}: the output must be a .zip file")
+        _check_output("-o", args.output)
     dataset = _open_dataset(args.dataset, args.root, args.split or "valid")
     if args.check:
         problems = check_submission(dataset, args.check, progress=True)
@@ -188,8 +256,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     if not args.predictions or not args.output:
         raise UsageError("writing a submission needs --predictions DIR and -o FILE.zip (or --check FILE.zip)")
-    if Path(args.output).suffix != ".zip":
-        raise UsageError(f"-o {args.output}: the output must be a .zip file")
     n = write_submission(dataset, args.predictions, args.output, progress=True)
     print(f"wrote {args.output} ({n} masks, {len(dataset.expressions)} expressions)")
     return 0
@@ -199,13 +265,31 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from .data.masks import mask_dict_to_pngs, pngs_to_mask_dict, write_json_atomic
 
     if args.direction == "to-png":
-        meta = Path(args.meta) if args.meta else Path(args.mask_dict).with_name("meta_expressions.json")
-        n = mask_dict_to_pngs(meta, args.mask_dict, args.output, progress=True)
+        source = Path(args.mask_dict)
+        if not source.is_file():
+            raise UsageError(f"{source}: " + ("is a directory" if source.is_dir() else "no such file")
+                             + " (expected a MeViS mask_dict.json)")
+        if args.meta:
+            meta = Path(args.meta)
+            if not meta.is_file():
+                raise UsageError(f"--meta {meta}: " + ("is a directory" if meta.is_dir() else "no such file")
+                                 + " (expected a meta_expressions.json)")
+        else:
+            meta = source.absolute().with_name("meta_expressions.json")
+            if not meta.is_file():
+                raise UsageError(f"no {meta} beside {source}: give its meta_expressions.json with --meta")
+        _check_output("-o", args.output, folder=True)
+        n = mask_dict_to_pngs(meta, source, args.output, progress=True)
         print(f"wrote {n} masks under {args.output}")
         return 0
     out = Path(args.output)
     if out.suffix != ".json":
         raise UsageError(f"-o {out}: the output must be a .json file (mask_dict.json)")
+    _check_output("-o", out)
+    if args.meta_output:
+        _check_output("--meta-output", args.meta_output)
+        if Path(args.meta_output).resolve() == out.resolve():
+            raise UsageError(f"--meta-output {args.meta_output}: the same file as -o")
     meta, mask_dict = pngs_to_mask_dict(args.folder, args.meta)
     write_json_atomic(out, mask_dict)
     if args.meta_output:
@@ -218,6 +302,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import load_config
     from .training.trainer import train
 
+    if args.output_dir:
+        _check_output("--output-dir", args.output_dir, folder=True)
     overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     config = load_config(args.config, overrides)
     result = train(config, resume=args.resume)
@@ -228,15 +314,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synthref import generate
+    from .data.synthref import MIN_FRAMES, MIN_SIZE, generate
 
-    for name in ("videos", "frames", "size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be a positive integer, got {getattr(args, name)}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file, expected a folder")
+    # Every option is checked before the first split is written (a rerun replaces earlier splits).
+    for name in ("videos", "valid_videos", "frames", "size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.frames < MIN_FRAMES:
+        raise UsageError(f"--frames must be at least {MIN_FRAMES} (starts / stops need 2 still and 2 moving "
+                         f"steps), got {args.frames}")
+    if args.size < MIN_SIZE:
+        raise UsageError(f"--size must be at least {MIN_SIZE} px, got {args.size}")
+    out = _check_output("--out", args.out, folder=True)
     splits = tuple(args.splits.split(","))
+    for split in splits:
+        if not split or split.startswith(".") or "/" in split or os.sep in split:
+            raise UsageError(f"--splits {args.splits}: {split!r} is not a plain folder name")
+    if len(set(splits)) != len(splits):
+        raise UsageError(f"--splits {args.splits}: a split is named twice")
     info = generate(out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed, splits=splits,
                     valid_videos=args.valid_videos, progress=not args.quiet)
     for split, meta in info.items():
@@ -254,15 +350,24 @@ def cmd_pretrain_clip(args: argparse.Namespace) -> int:
 
     options = {"root": args.root, "split": args.split, "output": args.output,
                "eval_split": None if args.eval_split.lower() == "none" else args.eval_split}
-    for name in ("steps", "batch_size", "lr", "image_size", "threads", "seed", "eval_every", "device"):
+    for name in ("steps", "batch_size", "lr", "image_size", "threads", "seed", "eval_every"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.device is not None:
+        options["device"] = str(_resolve_device(args.device))
     try:
         config = ClipPretrainConfig.from_dict(options)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        message = str(e)
+        name = message.split(" ", 1)[0]
+        if name in options:  # "image_size must be ..." -> "--image-size must be ..."
+            message = f"--{name.replace('_', '-')}{message[len(name):]}"
+        raise UsageError(message) from None
+    # Both outputs are checked before training, not found unwritable after it.
+    report = _check_output("-o", config.output).with_suffix(".json")
+    if report.is_dir():
+        raise UsageError(f"-o {config.output}: its metrics file {report} is a directory")
     metrics = pretrain_clip(config, progress=not args.quiet)
-    report = Path(config.output).with_suffix(".json")
     write_json_atomic(report, {"config": dataclasses.asdict(config), **metrics})
     line = f"wrote {config.output} after {config.steps} steps (loss {metrics['first_loss']:.3f} -> {metrics['loss']:.3f})"
     if "i2t" in metrics:
@@ -351,35 +456,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not texts:
         raise UsageError("no expression: give --text (repeatable) or --texts-file" +
                          (f" ({args.texts_file} has no non-empty line)" if args.texts_file else ""))
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output {out}: is a file, expected a folder")
+    out = _check_output("--output", args.output, folder=True)
     if args.every < 1:
         raise UsageError(f"--every must be >= 1, got {args.every}")
     if args.start < 0:
         raise UsageError(f"--start must be >= 0, got {args.start}")
     if args.end is not None and args.end <= args.start:
         raise UsageError(f"--end ({args.end}) must be greater than --start ({args.start})")
-    if args.frame_chunk < 1:
-        raise UsageError(f"--frame-chunk must be >= 1, got {args.frame_chunk}")
-    if args.short_side is not None and args.short_side < 1:
-        raise UsageError(f"--short-side must be >= 1, got {args.short_side}")
+    _check_at_least(args, 1, "frame_chunk", "short_side")
+    _check_threshold(args.threshold)
     for e in range(len(texts)):
         if (out / str(e)).exists() and not (out / str(e)).is_dir():
             raise UsageError(f"--output {out}: {out / str(e)} is a file, where the masks of expression {e} go")
 
     from .data.masks import rle_encode, write_json_atomic, write_mask_png
     from .data.video import VideoWriter, draw_overlay, open_video
-    from .predictor import SSAPredictor, resolve_device
+    from .predictor import SSAPredictor
 
     try:
         video = open_video(args.input)  # checks the input before the model is loaded
     except ImportError as e:
         raise UsageError(str(e)) from None
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        raise UsageError(f"--device: {e}") from None
+    device = _resolve_device(args.device)
     model = _load_model(args.model, str(device))
     predictor = SSAPredictor(model, frame_chunk=args.frame_chunk, short_side=args.short_side,
                              threshold=args.threshold, selection=args.selection)

@@ -145,6 +145,8 @@ def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.Pat
     mask_dict = read_json(mask_dict_path, "file")
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
         raise DatasetError(f"{meta_path}: expected {{'videos': {{video: ...}}}}")
+    if not isinstance(mask_dict, dict) or not all(rles is None or isinstance(rles, list) for rles in mask_dict.values()):
+        raise DatasetError(f"{mask_dict_path}: expected {{anno_id: [RLE or null per frame]}} (a MeViS mask_dict.json)")
     wanted = None if videos is None else set(videos)
     items = [(v, m) for v, m in sorted(meta["videos"].items()) if wanted is None or v in wanted]
     if wanted is not None and len(items) != len(wanted):

@@ -68,6 +68,8 @@ def read_json(path: Path, what: str = "JSON file"):
             return json.load(f)
     except FileNotFoundError:
         raise DatasetError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a directory, expected a JSON file") from None
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
     except UnicodeDecodeError as e:

@@ -742,6 +742,11 @@ def render_video(rng: np.random.Generator | int, *, frames: int, size: int | tup
 
 # ------------------------------------------------------------------------------------------------ files
 
+def _check_split_name(split: str) -> None:
+    if not split or split.startswith(".") or "/" in split or os.sep in split:
+        raise ValueError(f"a split is a plain folder name, got {split!r}")
+
+
 def _check_replaceable(path: Path) -> None:
     """Only an earlier SynthRef split (or an empty folder) may be replaced: never delete anything else."""
     if not path.exists():
@@ -777,8 +782,7 @@ def generate_split(out: str | os.PathLike, *, split: str, videos: int, frames: i
     """
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
-    if not split or split.startswith(".") or "/" in split or os.sep in split:
-        raise ValueError(f"a split is a plain folder name, got {split!r}")
+    _check_split_name(split)
     t = _check_frames(frames)
     h, w = _hw(size)
     out = Path(out)
@@ -849,6 +853,17 @@ def generate(out: str | os.PathLike, *, videos: int, frames: int, size: int | tu
     ``valid_videos`` (default: a quarter of ``videos``, at least 1). Returns ``{split: synthref.json}``."""
     if valid_videos is None:
         valid_videos = max(1, videos // 4)
+    # Everything is checked before the first split is written: a bad request replaces nothing.
+    for name, count in (("videos", videos), ("valid_videos", valid_videos)):
+        if count < 1:
+            raise ValueError(f"{name} must be at least 1, got {count}")
+    _check_frames(frames)
+    _hw(size)
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"a split is named twice in {list(splits)}")
+    for split in splits:
+        _check_split_name(split)
+        _check_replaceable(Path(out) / split)
     return {split: generate_split(out, split=split, videos=videos if split == "train" else valid_videos,
                                   frames=frames, size=size, seed=seed, progress=progress)
             for split in splits}

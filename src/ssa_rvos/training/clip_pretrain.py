@@ -68,6 +68,9 @@ __all__ = [
 ]
 
 CLIP_FORMAT = "ssa-rvos-clip/1"  # the "format" entry of the saved file's metadata
+# The ConvNeXt image towers downsample 32x (a stride-4 stem and three stride-2 stages): a smaller crop
+# leaves the last stage less than one pixel.
+MIN_IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ class ClipPretrainConfig:
         for name in ("steps", "batch_size", "image_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE} (the image tower downsamples 32x), "
+                             f"got {self.image_size}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
         for name in ("warmup", "num_workers", "threads", "eval_every", "weight_decay"):
@@ -186,10 +192,17 @@ class CaptionFrames:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: frame not found (listed in captions.json)") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file") from None
+    except OSError as e:  # truncated, damaged
+        raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
 def load_caption_frames(root: str | os.PathLike, split: str, *, tokenizer, num_workers: int = 0) -> CaptionFrames:
@@ -198,8 +211,15 @@ def load_caption_frames(root: str | os.PathLike, split: str, *, tokenizer, num_w
     path = folder / "captions.json"
     if not path.is_file():
         raise FileNotFoundError(f"no captions file at {path}")
-    with open(path) as f:
-        table = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(table, dict) or not all(isinstance(frames, dict) and
+                                              all(isinstance(c, list) for c in frames.values())
+                                              for frames in table.values()):
+        raise ValueError(f"{path}: expected {{video: {{frame: [caption, ...]}}}}")
     texts: dict[str, int] = {}
     files, video, captions = [], [], []
     for v, name in enumerate(sorted(table)):

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..build import build_model
-from ..checkpoint import official_to_ours, read_checkpoint, save_model
+from ..checkpoint import official_to_ours, read_checkpoint, save_model, unreadable_reason
 from ..modeling import SSA
 from .config import EvalConfig, OptimConfig, TrainConfig, save_config
 from .data import Batch, build_batches, per_process_batch
@@ -204,8 +204,7 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for foreign or unsafe files
-        raise ValueError(f"model.init_from {path}: not loadable with weights_only=True "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise ValueError(f"model.init_from {path}: not a readable PyTorch checkpoint ({unreadable_reason(path, e)})") from None
     if isinstance(data, dict):
         for key in ("model", "state_dict"):  # detectron2 saves {"model": ..., "iteration": ...}
             if isinstance(data.get(key), dict):
@@ -431,7 +430,15 @@ def load_checkpoint(path: str | os.PathLike, *, model: SSA, optimizer: torch.opt
     path = Path(path)
     _, weights = read_checkpoint(path / MODEL_FILE)
     model.load_state_dict(weights, strict=True)
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    state_file = path / STATE_FILE
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for damaged files
+        raise ValueError(f"{state_file}: not a readable training state ({unreadable_reason(state_file, e)})") from None
+    missing = [k for k in ("step", "optimizer", "scheduler", "rng", "config")
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{state_file}: not a training state of ssa-rvos (no {missing[0]!r})")
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
