@@ -415,8 +415,12 @@ def test_cli_train_with_init_from_and_overrides(tmp_path, tiny_model, capsys):
     report = json.loads((out / "init_report.json").read_text())
     assert not report["mismatched"] and not report["unexpected"] and len(report["loaded"]) > 100
     assert "trained to step 2" in capsys.readouterr().err
-    assert main(["train", "tiny_cpu", "optim.max_steps=3", "--resume", "--output-dir", str(out)]) == 0
+    # KEY=VALUE changes may also come after the options
+    assert main(["train", "tiny_cpu", "--resume", "--output-dir", str(out), "optim.max_steps=3"]) == 0
     assert latest_checkpoint(out).name == "step_0000003"
+    with pytest.raises(SystemExit):
+        main(["train", "tiny_cpu", "--output-dir", str(out), "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
