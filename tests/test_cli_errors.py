@@ -195,6 +195,10 @@ def test_evaluate_checks_workers_and_save_predictions(tmp_path, synthref, capsys
     line = error(capsys, "evaluate", *_dataset(synthref), "--predictions", predictions,
                  "--save-predictions", tmp_path / "saved")
     assert "--save-predictions" in line and not (tmp_path / "saved").exists()
+    line = error(capsys, "evaluate", *_dataset(synthref), "--predictions", predictions,  # an empty folder
+                 "--output", tmp_path / "report.json")
+    assert f"--predictions {predictions}: no prediction for any expression" in line
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_submit_checks_max_problems_and_the_zip_path(tmp_path, synthref, capsys):

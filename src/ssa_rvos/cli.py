@@ -207,6 +207,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          "use `ssa-rvos predict` and `ssa-rvos submit`)")
     scratch = None
     predictions = Path(args.predictions) if args.predictions else None
+    if predictions is not None and predictions.is_dir() and dataset.expressions and not any(
+            (predictions / e.video / e.exp_id).is_dir() for e in dataset.expressions):
+        raise UsageError(f"--predictions {predictions}: no prediction for any expression of {dataset.name} "
+                         f"{dataset.split} (expected <video>/<exp_id>/<frame>.png)")
     try:
         if predictions is None:
             if args.save_predictions:
