@@ -251,3 +251,14 @@ def test_train_resume_reports_a_damaged_state_file(tmp_path, capsys):
         line = error(capsys, "train", "tiny_cpu", "optim.max_steps=2", "--resume", "--output-dir", run)
         assert f"{state}: not a readable training state" in line and "weights_only" not in line
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000001"]
+
+
+def test_an_error_under_a_progress_bar_starts_its_own_line(tmp_path, synthref, capsys):
+    video = sorted((synthref / "valid_u" / "JPEGImages").iterdir())[0].name
+    (tmp_path / "pred" / video / "0").mkdir(parents=True)
+    (tmp_path / "pred" / video / "0" / "00000.png").write_text("not a png")
+    assert main(["evaluate", *map(str, _dataset(synthref)), "--predictions", str(tmp_path / "pred")]) == 1
+    err = capsys.readouterr().err
+    assert "evaluate mevis valid_u:" in err  # the bar was drawn
+    assert err.endswith("\n") and err.splitlines()[-1].startswith("ssa-rvos evaluate: error: ")
+    assert "00000.png: not a readable image" in err.splitlines()[-1]

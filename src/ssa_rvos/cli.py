@@ -719,6 +719,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """End any progress bar an error interrupted, so the error starts its own line (and the bar is not
+    drawn again after it when the process exits)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -729,9 +737,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UsageError as e:
+        _close_progress_bars()
         print(f"ssa-rvos {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as e:
+        _close_progress_bars()
         print(f"ssa-rvos {args.command}: error: {e}".splitlines()[0], file=sys.stderr)
         return 1
     except KeyboardInterrupt:
