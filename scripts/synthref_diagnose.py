@@ -66,6 +66,7 @@ def score_expression(model, clip: torch.Tensor, text: str, gt: np.ndarray,
                               padded_size=out.padded_size, image_size=out.image_size, output_size=(H, W))
     masks = masks.numpy()  # (N, T, H, W)
     per_query = np.array([jaccard(gt, m).mean() for m in masks])
+
     def union_j(threshold: float) -> float:
         chosen = (scores > threshold).numpy()
         return float(jaccard(gt, masks[chosen].any(0) if chosen.any() else np.zeros_like(gt)).mean())

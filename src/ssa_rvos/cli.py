@@ -48,6 +48,15 @@ def _check_threshold(value: float) -> None:
         raise UsageError(f"--threshold must be a number in [0, 1], got {value}")
 
 
+def _option_error(error: ValueError, options) -> UsageError:
+    """A library's "name must be ..." message as "--name must be ..." when ``name`` is one of ``options``."""
+    message = str(error)
+    name = message.split(" ", 1)[0]
+    if name in options:
+        message = f"--{name.replace('_', '-')}{message[len(name):]}"
+    return UsageError(message)
+
+
 def _resolve_device(name: str | None):
     """--device as a torch.device (None: auto); an unknown or unavailable device is a usage error."""
     from .predictor import resolve_device
@@ -318,27 +327,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synthref import MIN_FRAMES, MIN_SIZE, generate
+    from .data.synthref import generate
 
-    # Every option is checked before the first split is written (a rerun replaces earlier splits).
     for name in ("videos", "valid_videos", "frames", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if args.frames < MIN_FRAMES:
-        raise UsageError(f"--frames must be at least {MIN_FRAMES} (starts / stops need 2 still and 2 moving "
-                         f"steps), got {args.frames}")
-    if args.size < MIN_SIZE:
-        raise UsageError(f"--size must be at least {MIN_SIZE} px, got {args.size}")
     out = _check_output("--out", args.out, folder=True)
-    splits = tuple(args.splits.split(","))
-    for split in splits:
-        if not split or split.startswith(".") or "/" in split or os.sep in split:
-            raise UsageError(f"--splits {args.splits}: {split!r} is not a plain folder name")
-    if len(set(splits)) != len(splits):
-        raise UsageError(f"--splits {args.splits}: a split is named twice")
-    info = generate(out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed, splits=splits,
-                    valid_videos=args.valid_videos, progress=not args.quiet)
+    try:
+        # generate checks every argument and split name before the first split is written
+        info = generate(out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
+                        splits=tuple(args.splits.split(",")), valid_videos=args.valid_videos,
+                        progress=not args.quiet)
+    except ValueError as e:
+        options = ("videos", "valid_videos", "frames", "size")
+        if str(e).startswith("a split"):
+            raise UsageError(f"--splits {args.splits}: {e}") from None
+        if str(e).split(" ", 1)[0] in options:
+            raise _option_error(e, options) from None
+        raise
     for split, meta in info.items():
         stats = meta["statistics"]
         kinds = ", ".join(f"{k} {n}" for k, n in stats["kinds"].items())
@@ -362,11 +369,7 @@ def cmd_pretrain_clip(args: argparse.Namespace) -> int:
     try:
         config = ClipPretrainConfig.from_dict(options)
     except ValueError as e:
-        message = str(e)
-        name = message.split(" ", 1)[0]
-        if name in options:  # "image_size must be ..." -> "--image-size must be ..."
-            message = f"--{name.replace('_', '-')}{message[len(name):]}"
-        raise UsageError(message) from None
+        raise _option_error(e, options) from None
     # Both outputs are checked before training, not found unwritable after it.
     report = _check_output("-o", config.output).with_suffix(".json")
     if report.is_dir():
