@@ -57,7 +57,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from ssa_rvos.build import build_model, list_models
-    from ssa_rvos.predictor import SSAPredictor, resolve_device
+    from ssa_rvos.predictor import SSAPredictor
+    from ssa_rvos.runtime import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -40,6 +40,7 @@ from ssa_rvos.data.transforms import resize_frames, test_resize_shape
 from ssa_rvos.evaluation.metrics import jaccard
 from ssa_rvos.postprocess import query_masks
 from ssa_rvos.pretrained import load_pretrained
+from ssa_rvos.runtime import torch_threads
 
 COLUMNS = ("union", "top1", "best query", "frame top1", "frame best")
 
@@ -120,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--thresholds: expected comma-separated numbers, got {args.thresholds!r}")
     if any(not 0 <= t < 1 for t in thresholds):
         p.error(f"--thresholds: every threshold must be in [0, 1), got {args.thresholds!r}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        return _run(args, thresholds)
 
+
+def _run(args: argparse.Namespace, thresholds: tuple[float, ...]) -> int:
     model = load_pretrained(args.model, device="cpu").eval()
     if args.text:
         with torch.inference_mode():

@@ -30,6 +30,7 @@ from ssa_rvos.data.synthref import KINDS, expression_kinds
 from ssa_rvos.evaluation.evaluate import evaluate_predictions, scores_by_group
 from ssa_rvos.evaluation.predict import predict_split
 from ssa_rvos.pretrained import load_pretrained
+from ssa_rvos.runtime import torch_threads
 
 
 def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -57,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes scoring expressions (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with torch_threads(args.threads):
+        return _run(p, args)
 
+
+def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     models = []
     for item in args.model:
         label, sep, spec = item.partition("=")

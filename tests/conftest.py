@@ -1,10 +1,58 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    # SSA_RVOS_TEST_THREADS=N runs the whole suite with torch.set_num_threads(N): the results must
+    # not depend on it (the suite is checked at 1 and 2 threads).
+    threads = os.environ.get("SSA_RVOS_TEST_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _process_state() -> dict:
+    """The process-wide settings a test may change and that change what later tests compute."""
+    from ssa_rvos.modeling.ops import use_reference
+
+    return {
+        "torch threads": torch.get_num_threads(),
+        "grad mode": torch.is_grad_enabled(),
+        "inference mode": torch.is_inference_mode_enabled(),
+        "default dtype": torch.get_default_dtype(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "float32 matmul precision": torch.get_float32_matmul_precision(),
+        "reference operators": use_reference(),
+        "working directory": os.getcwd(),
+        "numpy errors": np.geterr(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_state():
+    """Fail a test that leaves process-wide state changed (and restore it, so the tests after it run
+    as they would alone): order independence is checked on every test, not only by shuffled runs."""
+    before = _process_state()
+    yield
+    after = _process_state()
+    if after != before:
+        torch.set_num_threads(before["torch threads"])
+        torch.set_grad_enabled(before["grad mode"])
+        torch.set_default_dtype(before["default dtype"])
+        torch.use_deterministic_algorithms(before["deterministic algorithms"])
+        torch.set_float32_matmul_precision(before["float32 matmul precision"])
+        os.chdir(before["working directory"])
+        np.seterr(**before["numpy errors"])
+        from ssa_rvos.modeling.ops.reference import _state
+
+        _state.reference = before["reference operators"]
+        changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+        pytest.fail(f"the test changed process-wide state (before, after): {changed}")
 
 
 def shared_dir() -> Path:

@@ -114,7 +114,16 @@ def test_final_masks_and_selection(official, selection, masks_key, scores_key):
     assert torch.equal(pred.query_indices, expected)
     if selection == "union":
         assert len(expected) == 9
-    _close(pred.mask_scores, ref[scores_key])
+    # mask score = score x mean probability inside the mask, and score = softmax of the rescaled class
+    # head's logits, which test_video_decoder bounds by ATOL + 1e-5 x |logit| (fp32 cannot do better at
+    # logits of ~134). A logit error e moves a two-class softmax by at most p(1 - p)(e0 + e1), so that
+    # bound, not a flat 1e-4, is what fp32 can promise for the scores: 1e-4 alone held on one CPU
+    # (max diff 7e-5) and failed on another (1.8e-4). ATOL on top covers the mean probability.
+    ref_logits = ref["video_pred_logits"][0, 0, pred.query_indices]  # (Q, 2)
+    p = ref_scores[pred.query_indices]
+    bound = p * (1 - p) * (ATOL + 1e-5 * ref_logits.abs()).sum(-1) + ATOL
+    diff = (pred.mask_scores - ref[scores_key]).abs()
+    assert (diff <= bound).all(), f"mask score diffs {diff.tolist()} > bounds {bound.tolist()}"
     # Binary masks equal except where the upsampled logit sits within 1e-4 of zero.
     logits = resize_mask_logits(
         torch.einsum("qc,tchw->qthw", out.video_mask_embed[-1, -1, 0, pred.query_indices], out.video_mask_features[0]),

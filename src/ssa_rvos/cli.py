@@ -59,7 +59,7 @@ def _option_error(error: ValueError, options) -> UsageError:
 
 def _resolve_device(name: str | None):
     """--device as a torch.device (None: auto); an unknown or unavailable device is a usage error."""
-    from .predictor import resolve_device
+    from .runtime import resolve_device
 
     try:
         return resolve_device(name)

@@ -54,6 +54,7 @@ from .data.transforms import TEST_MAX_LONG, resize_frames, test_resize_shape
 from .data.video import VideoInput, open_video
 from .modeling.clip_backbone import clean_sentence
 from .postprocess import SELECTIONS, query_masks, select_queries
+from .runtime import resolve_device
 
 __all__ = ["DEFAULT_SHORT_SIDE", "ExpressionResult", "FrameResult", "Propagation", "SSAPredictor", "VideoState",
            "resolve_device"]
@@ -62,26 +63,6 @@ __all__ = ["DEFAULT_SHORT_SIDE", "ExpressionResult", "FrameResult", "Propagation
 DEFAULT_SHORT_SIDE = 480
 DEFAULT_MAX_RAM_BYTES = 256 * 2**20
 DEFAULT_MAX_CACHE_BYTES = 256 * 2**20
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None): cuda if available, else mps, else cpu; a named device must be available."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device}: CUDA is not available on this machine")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device}: MPS is not available on this machine")
-    return dev
 
 
 # --------------------------------------------------------------------------------------------------- state

@@ -432,13 +432,10 @@ def pretrain_clip(config: ClipPretrainConfig, *, progress: bool = True) -> dict[
     (``i2t``, ``t2i`` and their chance levels, without an eval split: none), ``history`` (one entry per
     log step, with the retrieval where it was evaluated) and ``output``.
     """
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    from ..runtime import torch_threads
+
+    with torch_threads(config.threads):  # the caller's setting comes back, whatever happens
         return _pretrain(config, progress=progress)
-    finally:
-        torch.set_num_threads(threads)  # the caller's setting, whatever happened
 
 
 def _pretrain(config: ClipPretrainConfig, *, progress: bool) -> dict[str, Any]:
