@@ -7,15 +7,19 @@ measures, after ``--warmup`` untimed runs, the median of ``--repeats`` runs of
 * **backbone**: the frozen CLIP image trunk alone (its stem and four ConvNeXt stages, without the adapters)
   on the normalised frames, ``--frame-chunk`` images at a time as the model runs them: the floor of this
   design, which cannot be faster than the backbone it adapts;
-* **whole model**: ``SSA.forward(frames, [text], frame_chunk=...)`` then ``ssa_rvos.postprocess.postprocess``
-  (the masks at the input size);
+* **whole model**: ``SSAPredictor.segment(state, [text])``, the engine every caller runs (``segment``,
+  ``predict``, the training-time evaluation), on a state made once (``init_state``, not timed, at the clip's
+  own size so nothing is resized): its frame stage in chunks of ``--frame-chunk`` images, the video stage,
+  and the masks at the input size (pass 2 reuses pass 1's mask features when they fit in the predictor's
+  256 MiB cache, else recomputes them);
 * **breakdown**: the whole model again, with timers around its parts, installed from this script (forward
   hooks and wrapped methods, each also a ``torch.profiler.record_function`` range): text encoding, CLIP
   stages, adapters, pixel decoder, frame decoder, video mask features (the 1x1 projection of the stride-4
   map the video masks read), trajectory matching, temporal enhancement, video decoder (the rest of the
   video stage) and postprocess (mask embedding x features, upsampling, thresholding); ``other`` is what no
-  part covers (normalising and padding, concatenating the chunks). Every part boundary synchronises on
-  CUDA, so the breakdown's total is a little above the clean one; the shares are what to read from it.
+  part covers (normalising and padding, reading the frames from the state, concatenating the chunks).
+  Every part boundary synchronises on CUDA, so the breakdown's total is a little above the clean one; the
+  shares are what to read from it.
 
 Reported per T: milliseconds per frame of the backbone and of the whole model, the throughput ratio
 whole / backbone (issue 7's goal: >= 0.8), the peak memory (CUDA ``max_memory_allocated`` or the
@@ -104,6 +108,7 @@ def instrument(model, timer: PartTimer) -> Callable[[], None]:
     on the instance; the trajectory matching is a function the video decoder module imports by name.
     """
     import ssa_rvos.modeling.video_decoder as video_decoder_module
+    import ssa_rvos.predictor as predictor_module
 
     handles = []
 
@@ -133,12 +138,15 @@ def instrument(model, timer: PartTimer) -> Callable[[], None]:
     model.video_decoder.temporal_enhancement = timed(model.video_decoder.temporal_enhancement, "temporal enhancement")
     match = video_decoder_module.match_trajectories
     video_decoder_module.match_trajectories = timed(match, "trajectory matching")
+    masks = predictor_module.query_masks
+    predictor_module.query_masks = timed(masks, "postprocess")
 
     def remove() -> None:
         for h in handles:
             h.remove()
         del model.encode_text, model.video_decoder.temporal_enhancement  # back to the class's methods
         video_decoder_module.match_trajectories = match
+        predictor_module.query_masks = masks
 
     return remove
 
@@ -155,7 +163,7 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     from ssa_rvos.build import build_model
-    from ssa_rvos.postprocess import postprocess
+    from ssa_rvos.predictor import SSAPredictor
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,16 +186,13 @@ def measure(args: argparse.Namespace) -> None:
                 for stage in trunk.stages:
                     x = stage(x)
 
-    @torch.inference_mode()
+    # the engine at the clip's own size (short side = the clip's): the frames are not resized
+    predictor = SSAPredictor(model, frame_chunk=chunk, selection=args.selection, short_side=min(H, W),
+                             max_long_side=max(H, W), amp=args.dtype == "bf16")
+    state = predictor.init_state(frames.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy())
+
     def whole_model(timer: PartTimer | None = None) -> None:
-        with autocast():
-            out = model(frames[None], [TEXT], frame_chunk=chunk)
-        with timer.part("postprocess") if timer is not None else contextlib.nullcontext():
-            # fp32 mask head, as the predictor runs it
-            out.video_mask_features = out.video_mask_features.float()
-            out.video_mask_embed = out.video_mask_embed.float()
-            out.video_logits = out.video_logits.float()
-            postprocess(out, selection=args.selection)
+        predictor.segment(state, [TEXT])
 
     def timed_runs(fn: Callable[[], None]) -> list[float]:
         for _ in range(args.warmup):

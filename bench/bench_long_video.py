@@ -32,7 +32,7 @@ from benchutil import rss_mib
 
 def write_video(path: Path, *, frames: int, size: tuple[int, int], seed: int = 0) -> None:
     """Squares of a few colours drifting over a noisy background, written frame by frame."""
-    from ssa_rvos.data.video import VideoWriter
+    from ssa_rvos.videoio import VideoWriter
 
     rng = np.random.default_rng(seed)
     H, W = size

@@ -15,7 +15,7 @@ Setups (random weights: time and memory do not depend on them):
 Each run (setup x device x AMP x compile) is a fresh Python process that builds the model, optimizer,
 schedule and criterion as ``ssa_rvos.training.trainer.train`` does (its ``build_optimizer``,
 ``build_scheduler`` and ``accumulate_gradients``), draws its batches beforehand with
-``ssa_rvos.training.data.build_batches`` (data loading is not timed), and runs ``--warmup`` untimed then
+``ssa_rvos.training.clips.build_batches`` (data loading is not timed), and runs ``--warmup`` untimed then
 ``--steps`` timed optimizer steps, each the body of ``train``'s loop: seed, zero the gradients, forward and
 backward of the micro-batches, unscale (fp16), clip the gradient norm, step the optimizer (through the
 GradScaler with fp16) and the schedule. Reported: the median seconds per step, the first step's seconds
@@ -74,8 +74,8 @@ def measure(args: argparse.Namespace) -> None:
     from torch import nn
 
     from ssa_rvos.build import build_model
+    from ssa_rvos.training.clips import build_batches
     from ssa_rvos.training.config import load_config
-    from ssa_rvos.training.data import build_batches
     from ssa_rvos.training.losses import SSACriterion
     from ssa_rvos.training.trainer import accumulate_gradients, build_optimizer, build_scheduler, seed_step
 

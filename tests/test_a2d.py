@@ -10,7 +10,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from ssa_rvos.data.a2d import A2DSentences, JHMDBSentences, window_indices
-from ssa_rvos.data.samples import DatasetError
+from ssa_rvos.data.expressions import DatasetError
 
 H, W = 48, 64          # A2D fixture frame size (even, for H.264)
 A2D_FRAMES = 6

@@ -10,8 +10,8 @@ from PIL import Image
 
 from ssa_rvos.cli import main
 from ssa_rvos.data import MeViS, RefDAVIS17, RefYouTubeVOS
+from ssa_rvos.data.expressions import DatasetError
 from ssa_rvos.data.masks import read_mask_png, write_mask_png
-from ssa_rvos.data.samples import DatasetError
 from ssa_rvos.evaluation.evaluate import evaluate_predictions
 from ssa_rvos.evaluation.predict import predict_split
 from ssa_rvos.evaluation.submit import SubmissionError, check_submission, write_submission

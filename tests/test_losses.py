@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ssa_rvos.modeling import SSAOutput
 from ssa_rvos.training import losses as L
-from ssa_rvos.training.data import ClipTarget
+from ssa_rvos.training.clips import ClipTarget
 from ssa_rvos.training.losses import LossConfig, SSACriterion, expected_loss_keys
 from ssa_rvos.training.matcher import FrameMatcher, VideoMatcher, hungarian, pairwise_dice, pairwise_sigmoid_bce
 

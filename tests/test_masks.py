@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from ssa_rvos.cli import main
+from ssa_rvos.data.expressions import DatasetError
 from ssa_rvos.data.masks import (
     DAVIS_PALETTE,
     mask_dict_to_pngs,
@@ -17,7 +18,6 @@ from ssa_rvos.data.masks import (
     write_label_png,
     write_mask_png,
 )
-from ssa_rvos.data.samples import DatasetError
 
 
 def _shapes():

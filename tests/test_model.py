@@ -187,7 +187,7 @@ def test_fast_operators_match_their_reference_versions_in_the_whole_model():
     """Eval outputs and training gradients of the whole model agree between the fast operators and
     ``reference_paths()``: the same sums in another order, so float32 rounding only."""
     from ssa_rvos.modeling.ops import reference_paths
-    from ssa_rvos.training.data import ClipTarget
+    from ssa_rvos.training.clips import ClipTarget
     from ssa_rvos.training.losses import LossConfig, SSACriterion
 
     torch.manual_seed(3)

@@ -10,9 +10,9 @@ from PIL import Image
 from ssa_rvos.data.synthref import render_video, write_demo_video
 from ssa_rvos.data.transforms import resize_frames
 from ssa_rvos.data.transforms import test_resize_shape as resize_shape  # not collected as a test
-from ssa_rvos.data.video import VideoError, VideoWriter, draw_overlay, open_video
 from ssa_rvos.postprocess import postprocess
 from ssa_rvos.predictor import ExpressionResult, FrameResult, SSAPredictor, VideoState, resolve_device
+from ssa_rvos.videoio import VideoError, VideoWriter, draw_overlay, open_video
 
 SHORT = 64  # the test model's short side
 

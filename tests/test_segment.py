@@ -170,11 +170,11 @@ def test_bad_inputs_end_in_one_line_and_write_nothing(segment_model, mp4, tmp_pa
 
 
 def test_a_failure_midway_leaves_nothing_half_written(segment_model, mp4, tmp_path, capsys, monkeypatch):
-    import ssa_rvos.data.masks as masks
+    import ssa_rvos.outputs as outputs
 
     _, checkpoint = segment_model
     written = []
-    real = masks.write_mask_png
+    real = outputs.write_mask_png
 
     def failing(path, mask):
         if len(written) == 5:
@@ -182,7 +182,7 @@ def test_a_failure_midway_leaves_nothing_half_written(segment_model, mp4, tmp_pa
         written.append(path)
         real(path, mask)
 
-    monkeypatch.setattr(masks, "write_mask_png", failing)
+    monkeypatch.setattr(outputs, "write_mask_png", failing)
     out = tmp_path / "out"
     code, _, err = run(capsys, mp4, "-t", TEXTS[0], "-t", TEXTS[1], "-o", out, "--model", checkpoint, "--overlay",
                        "--format", "both", "--quiet")

@@ -16,8 +16,8 @@ from torch import nn
 from ssa_rvos.build import build_model, ssa_tiny
 from ssa_rvos.checkpoint import load_model, read_checkpoint
 from ssa_rvos.cli import main
+from ssa_rvos.training.clips import build_batches
 from ssa_rvos.training.config import TrainConfig, list_recipes, load_config, save_config
-from ssa_rvos.training.data import build_batches
 from ssa_rvos.training.losses import SSACriterion
 from ssa_rvos.training.trainer import (
     accumulate_gradients,

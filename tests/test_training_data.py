@@ -6,7 +6,7 @@ import torch
 from datagen import write_mevis, write_refcoco
 
 from ssa_rvos.data.transforms import TRAIN_MAX_LONG, TRAIN_SHORT_SIDES
-from ssa_rvos.training.data import (
+from ssa_rvos.training.clips import (
     ClipStream,
     DataConfig,
     DatasetSpec,
@@ -34,7 +34,7 @@ def test_a_clip_is_a_function_of_seed_and_index():
 def test_synthetic_clip_masks_are_the_named_square():
     clip = synthetic_clip(np.random.default_rng(0), num_frames=4, size=(48, 48))
     colour = clip.text.split()[1]
-    from ssa_rvos.training.data import _COLOURS
+    from ssa_rvos.training.clips import _COLOURS
 
     assert clip.masks.shape == (1, 4, 48, 48) and clip.masks.any(axis=(2, 3)).all()
     assert (clip.frames[clip.masks[0]] == _COLOURS[colour]).all()

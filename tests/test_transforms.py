@@ -5,7 +5,6 @@ import pytest
 
 from ssa_rvos.data.transforms import (
     CROP_SIDE_RANGE,
-    TEST_SHORT_SIDE,
     TRAIN_MAX_LONG,
     TRAIN_SHORT_SIDES,
     ClipAugmentation,
@@ -60,7 +59,9 @@ def test_test_resize_shape(h, w, short, expected):
 
 
 def test_test_short_side_constants():
-    assert TEST_SHORT_SIDE == {"mevis": 448, "ytvos": 480, "davis": 480}
+    from ssa_rvos.benchmarks import BENCHMARKS
+
+    assert {b.name: b.test_short_side for b in BENCHMARKS.values()} == {"mevis": 448, "ytvos": 480, "davis": 480}
 
 
 def test_resize_frames_and_masks():

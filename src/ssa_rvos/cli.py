@@ -140,39 +140,51 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-DATASETS = ("mevis", "ytvos", "davis")
-DEFAULT_SPLIT = {"mevis": "valid_u", "ytvos": "valid", "davis": "valid"}
-
-
 def _open_dataset(name: str, root: str, split: str | None):
-    from .data import MeViS, RefDAVIS17, RefYouTubeVOS
+    from .benchmarks import open_benchmark
 
-    readers = {"mevis": MeViS, "ytvos": RefYouTubeVOS, "davis": RefDAVIS17}
-    return readers[name](root, split or DEFAULT_SPLIT[name])
+    return open_benchmark(name, root, split)
 
 
-def _load_model(spec: str | None, device: str | None):
-    """The model named by --model (None: the bundled default); bad names are usage errors."""
-    import torch
+def _load_model(spec: str | None, device):
+    """The model named by --model (None: the bundled default) on --device (None: auto = cuda, mps, cpu);
+    bad names are usage errors."""
+    from .pretrained import load_pretrained, resolve_weights
 
-    from .checkpoint import load_model
-    from .pretrained import resolve_weights
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _resolve_device(device)
     try:
         path = resolve_weights(spec)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model: {e}") from None
-    return load_model(path, device=device).eval()
+    return load_pretrained(path, device=device)
 
 
 def _predict(args: argparse.Namespace, dataset, output: Path) -> None:
-    from .evaluation.predict import predict_split
+    """Predict the split into ``output``; under torchrun each process takes its share of the videos and
+    the first reports the totals."""
+    import torch
 
-    model = _load_model(args.model, args.device)
-    stats = predict_split(model, dataset, output, selection=args.selection, short_side=args.short_side,
-                          frame_chunk=args.frame_chunk, threshold=args.threshold, amp=args.amp, progress=True)
-    print(f"predicted {stats.written} expressions, {stats.skipped} already in {output}", file=sys.stderr)
+    from .evaluation.predict import PredictionStats, predict_split
+    from .runtime import setup_distributed, teardown_distributed
+
+    env = setup_distributed(args.device if args.device not in (None, "auto") else None)
+    try:
+        model = _load_model(args.model, env.device if env.world_size > 1 else args.device)
+        stats = predict_split(model, dataset, output, selection=args.selection, short_side=args.short_side,
+                              frame_chunk=args.frame_chunk, threshold=args.threshold, amp=args.amp,
+                              progress=env.main, rank=env.rank, world_size=env.world_size)
+        if env.world_size > 1:
+            import torch.distributed as dist
+
+            counts = torch.tensor([stats.written, stats.skipped, stats.videos], dtype=torch.int64,
+                                  device=env.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(counts)  # also waits for every process to finish
+            stats = PredictionStats(*(int(c) for c in counts.tolist()))
+    finally:
+        teardown_distributed(env)
+    if env.main:
+        where = f" ({env.world_size} processes)" if env.world_size > 1 else ""
+        print(f"predicted {stats.written} expressions, {stats.skipped} already in {output}{where}", file=sys.stderr)
 
 
 def _check_model_args(args: argparse.Namespace) -> None:
@@ -200,6 +212,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if bool(args.predictions) == bool(args.model):
         raise UsageError("give either --predictions DIR or --model NAME_OR_PATH")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("evaluate runs in one process: predict with `torchrun ... -m ssa_rvos predict`, then "
+                         "evaluate --predictions DIR")
     if args.predictions and args.save_predictions:
         raise UsageError("--save-predictions goes with --model (with --predictions the predictions are already "
                          "in a folder)")
@@ -401,58 +416,8 @@ def _read_texts_file(path: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place, replacing an older one of that name (a rerun)."""
-    import shutil
-    import uuid
-
-    old = None
-    if final.is_dir():
-        old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale_outputs(out: Path, *, keep: set[str], keep_rle: bool, keep_overlay: bool) -> list[str]:
-    """After a run into a folder that already held ``segment`` outputs, remove the ones this run did not
-    write, so the folder describes one run: numbered mask folders beyond this run's expressions (only
-    those holding nothing but grayscale .png files, as ``segment`` writes them: a folder of the user's
-    own images stays), and ``masks.json`` / ``overlay.mp4`` when this run wrote none. Returns the names
-    removed."""
-    import shutil
-
-    from PIL import Image
-
-    def is_mask_png(f: Path) -> bool:
-        if not (f.is_file() and f.suffix == ".png"):
-            return False
-        try:
-            with Image.open(f) as im:  # reads the header only
-                return im.format == "PNG" and im.mode in ("L", "1")
-        except OSError:
-            return False
-
-    removed = []
-    for entry in sorted(out.iterdir(), key=lambda p: (len(p.name), p.name)):
-        if entry.is_dir() and not entry.is_symlink() and entry.name.isdigit() and entry.name not in keep:
-            if all(is_mask_png(f) for f in entry.iterdir()):
-                shutil.rmtree(entry)
-                removed.append(f"{entry.name}/")
-    for name, kept in (("masks.json", keep_rle), ("overlay.mp4", keep_overlay)):
-        if not kept and (out / name).is_file():
-            (out / name).unlink()
-            removed.append(name)
-    return removed
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    import shutil
-    import uuid
     import warnings
-
-    import numpy as np
 
     texts = list(args.text or [])
     for t in texts:
@@ -472,123 +437,58 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError(f"--end ({args.end}) must be greater than --start ({args.start})")
     _check_at_least(args, 1, "frame_chunk", "short_side")
     _check_threshold(args.threshold)
-    for e in range(len(texts)):
-        if (out / str(e)).exists() and not (out / str(e)).is_dir():
-            raise UsageError(f"--output {out}: {out / str(e)} is a file, where the masks of expression {e} go")
-
-    from .data.masks import rle_encode, write_json_atomic, write_mask_png
-    from .data.video import VideoWriter, draw_overlay, open_video
+    from .outputs import check_output_folder, write_outputs
     from .predictor import SSAPredictor
+    from .videoio import open_video
 
+    try:
+        check_output_folder(out, len(texts))
+    except ValueError as e:
+        raise UsageError(f"--output {e}") from None
     try:
         video = open_video(args.input)  # checks the input before the model is loaded
     except ImportError as e:
         raise UsageError(str(e)) from None
     device = _resolve_device(args.device)
-    model = _load_model(args.model, str(device))
+    model = _load_model(args.model, device)
     predictor = SSAPredictor(model, frame_chunk=args.frame_chunk, short_side=args.short_side,
                              threshold=args.threshold, selection=args.selection)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        texts = predictor.check_texts(texts)
-    for w in caught:
-        print(f"ssa-rvos segment: warning: {w.message}", file=sys.stderr)
-
+    texts = predictor.check_texts(texts)
     progress = not args.quiet
-    state = predictor.init_state(video, start=args.start, end=args.end, every=args.every, progress=progress)
-    png = args.format in ("png", "both")
-    rle = args.format in ("rle", "both")
-    E, T = len(texts), state.num_frames
-    H, W = state.original_size
-    tmp_dirs: list[Path] = []
-    writer = None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"expression \d+ .* tokens")  # reported above
-            run = predictor.propagate(state, texts, progress=progress)
-        out.mkdir(parents=True, exist_ok=True)
-        if png:
-            tag = uuid.uuid4().hex[:8]
-            for e in range(E):
-                tmp_dirs.append(out / f".{e}.{tag}.partial")
-                tmp_dirs[-1].mkdir()
-        if args.overlay:
-            try:
-                writer = VideoWriter(out / "overlay.mp4", fps=state.fps or 10.0)
-            except ImportError as e:
-                raise UsageError(str(e)) from None
-            originals = state.original_frames()
-        mask_rles = [[] for _ in range(E)]
-        inst_rles = [[[] for _ in q] for q in run.query_indices]
-        frames_with_mask = np.zeros(E, dtype=np.int64)
-        area = np.zeros(E, dtype=np.float64)
-        for frame in run:
-            for e in range(E):
-                mask = frame.masks[e]
-                if png:
-                    write_mask_png(tmp_dirs[e] / f"{frame.name}.png", mask)
-                if rle:
-                    mask_rles[e].append(rle_encode(mask))
-                    for q, inst in enumerate(frame.instance_masks[e]):
-                        inst_rles[e][q].append(rle_encode(inst))
-                n = int(mask.sum())
-                frames_with_mask[e] += n > 0
-                area[e] += n / (H * W)
-            if writer is not None:
-                writer.write(draw_overlay(next(originals), frame.masks, texts))
-        # Everything is computed: now each output appears under its name, all at once.
-        if writer is not None:
-            writer.close()
-        if rle:
-            write_json_atomic(out / "masks.json", {
-                "input": state.source,
-                "model": args.model,
-                "size": [H, W],
-                "frames": list(state.frame_names),
-                "frame_indices": list(state.frame_indices),
-                "selection": args.selection,
-                "threshold": args.threshold,
-                "expressions": [
-                    {"index": e, "text": texts[e], "masks": mask_rles[e],
-                     "instances": [{"query": int(q), "score": float(s), "mask_score": float(ms), "masks": inst_rles[e][i]}
-                                   for i, (q, s, ms) in enumerate(zip(run.query_indices[e], run.scores[e],
-                                                                      run.mask_scores[e]))]}
-                    for e in range(E)],
-            })
-        for e, tmp in enumerate(tmp_dirs):
-            _replace_dir(tmp, out / str(e))
-        tmp_dirs = []
-        stale = _remove_stale_outputs(out, keep={str(e) for e in range(E)} if png else set(),
-                                      keep_rle=rle, keep_overlay=bool(args.overlay))
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        for tmp in tmp_dirs:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        state.close()
-    for e, text in enumerate(texts):
-        scores = run.scores[e]
-        top = f"top score {scores.max():.3f}" if len(scores) else "no query selected"
-        print(f"[{e}] {text!r}: mask in {frames_with_mask[e]}/{T} frames, mean area {100 * area[e] / T:.1f}%, "
-              f"{len(scores)} {'query' if len(scores) == 1 else 'queries'}, {top}")
-    written = [f"{E} mask folders" if png else None, "masks.json" if rle else None,
-               "overlay.mp4" if args.overlay else None]
-    print(f"wrote {', '.join(w for w in written if w)} to {out} ({T} frames of {H}x{W})"
-          + (f"; removed from an earlier run: {', '.join(stale)}" if stale else ""))
+    if args.overlay:
+        try:
+            from .videoio import _import_av
+
+            _import_av()
+        except ImportError as e:
+            raise UsageError(str(e)) from None
+    with predictor.init_state(video, start=args.start, end=args.end, every=args.every, progress=progress) as state:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = predictor.propagate(state, texts, progress=progress)  # text encoding: truncation warnings
+        for w in caught:
+            print(f"ssa-rvos segment: warning: {w.message}", file=sys.stderr)
+        summary = write_outputs(out, state, run, format=args.format, overlay=args.overlay,
+                                info={"model": args.model, "selection": args.selection, "threshold": args.threshold})
+        T, (H, W) = state.num_frames, state.original_size
+    for e, s in enumerate(summary.expressions):
+        print(s.line(e))
+    print(f"wrote {', '.join(summary.written)} to {out} ({T} frames of {H}x{W})"
+          + (f"; removed from an earlier run: {', '.join(summary.removed)}" if summary.removed else ""))
     return 0
 
 
 def _add_dataset_args(p: argparse.ArgumentParser, *, split_help: str) -> None:
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    from .benchmarks import BENCHMARKS
+
+    p.add_argument("--dataset", required=True, choices=tuple(BENCHMARKS))
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", help=split_help)
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--model", required=required, help="a model checkpoint (.safetensors)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", help="auto (cuda, else mps, else cpu), cpu, cuda, mps (default: auto)")
     p.add_argument("--selection", choices=("union", "top1"),
                    help="query selection (default: union for mevis, top1 for ytvos/davis)")
     p.add_argument("--threshold", type=float, default=0.5, help="score threshold of 'union' (default: %(default)s)")
@@ -600,6 +500,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .benchmarks import BENCHMARKS
 
     parser = argparse.ArgumentParser(prog="ssa-rvos", description="Referring video object segmentation with SSA.")
     parser.add_argument("--version", action="version", version=f"ssa-rvos {__version__}")
@@ -634,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("submit", help="write or check a server submission zip (mevis valid, ytvos valid)")
-    p.add_argument("--dataset", required=True, choices=("mevis", "ytvos"))
+    servers = tuple(b.name for b in BENCHMARKS.values() if b.submission_root is not None)
+    p.add_argument("--dataset", required=True, choices=servers)
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", help="split (default: valid)")
     p.add_argument("--predictions", help="folder of <video>/<exp_id>/<frame>.png predictions")

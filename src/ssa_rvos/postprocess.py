@@ -49,6 +49,13 @@ def select_queries(scores: Tensor, *, selection: str = "union", threshold: float
     raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
 
 
+def mask_scores(scores: Tensor, prob_sum: Tensor, area: Tensor) -> Tensor:
+    """The original's ranking score of Q queries: score x mean foreground probability inside the mask.
+    prob_sum / area: (Q,) that probability summed over the mask's pixels and the mask's area, over every
+    frame (as :func:`query_masks` returns them per frame, so they can be added up frame by frame)."""
+    return scores * prob_sum / (area + 1e-6)
+
+
 def resize_mask_logits(
     logits: Tensor, *, padded_size: tuple[int, int], image_size: tuple[int, int]
 ) -> Tensor:
@@ -123,7 +130,7 @@ def postprocess(
                 instance_masks=inst,
                 query_indices=idx,
                 scores=scores[b, idx],
-                mask_scores=scores[b, idx] * num / (den + 1e-6),
+                mask_scores=mask_scores(scores[b, idx], num, den),
             )
         )
     return results

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -51,9 +50,8 @@ import numpy as np
 import torch
 
 from .data.transforms import TEST_MAX_LONG, resize_frames, test_resize_shape
-from .data.video import VideoInput, open_video
-from .modeling.clip_backbone import clean_sentence
-from .postprocess import SELECTIONS, query_masks, select_queries
+from .modeling.ssa import foreground_probability
+from .postprocess import SELECTIONS, mask_scores, query_masks, select_queries
 from .runtime import resolve_device
 
 __all__ = ["DEFAULT_SHORT_SIDE", "ExpressionResult", "FrameResult", "Propagation", "SSAPredictor", "VideoState",
@@ -143,7 +141,7 @@ class VideoState:
     input_size: tuple[int, int]
     frames: FrameStore
     fps: float | None
-    video: VideoInput
+    video: object  # the video input (ssa_rvos.videoio.VideoInput or anything with .frames() and .size)
     start: int
     end: int | None
     every: int
@@ -246,7 +244,7 @@ class Propagation:
                 num[e] += sums[e][0].double().cpu()
                 area[e] += sums[e][1].double().cpu()
             yield frame
-        self._mask_scores = tuple((s.double().cpu() * n / (a + 1e-6)).numpy().astype(np.float32)
+        self._mask_scores = tuple(mask_scores(s.double().cpu(), n, a).numpy().astype(np.float32)
                                   for s, n, a in zip(self._score_tensors, num, area))
 
 
@@ -263,22 +261,25 @@ class SSAPredictor:
     threshold: how video queries are chosen (``union``: every query scoring above the threshold, for
     multi-target expressions; ``top1``: the best one). max_ram_bytes: resized frames kept in RAM (more go
     to a temporary file); max_cache_bytes: mask features kept from pass 1 (0: always recompute them).
+    frame_chunk None: every frame in one call. amp: bf16 autocast of the frame and video stages on CUDA
+    (None, the default: on; False: fp32); CPU and MPS always run fp32.
     """
 
-    def __init__(self, model, *, device: str | torch.device | None = None, frame_chunk: int = 18,
+    def __init__(self, model, *, device: str | torch.device | None = None, frame_chunk: int | None = 18,
                  short_side: int | None = None, max_long_side: int = TEST_MAX_LONG, threshold: float = 0.5,
                  selection: str = "union", max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES,
-                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES) -> None:
+                 max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, amp: bool | None = None) -> None:
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-        if frame_chunk < 1:
+        if frame_chunk is not None and frame_chunk < 1:
             raise ValueError(f"frame_chunk must be >= 1, got {frame_chunk}")
         if (short_side is not None and short_side < 1) or max_long_side < 1:
             raise ValueError(f"short_side and max_long_side must be positive, got {short_side}, {max_long_side}")
         if device is not None:
             model = model.to(resolve_device(device))
         self.model = model.eval()
-        self.frame_chunk = int(frame_chunk)
+        self.frame_chunk = None if frame_chunk is None else int(frame_chunk)
+        self.amp = True if amp is None else bool(amp)
         self.short_side = int(short_side or model.config.test_short_side or DEFAULT_SHORT_SIDE)
         self.max_long_side = int(max_long_side)
         self.threshold = float(threshold)
@@ -304,7 +305,7 @@ class SSAPredictor:
     def _autocast(self):
         # bf16 on a GPU (the frame and video stages); CPU and MPS stay in fp32 (no autocast context at all:
         # older torch warns about one on MPS even when disabled)
-        if self.device.type == "cuda":
+        if self.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -316,7 +317,12 @@ class SSAPredictor:
         frames, a list of image paths, a (T, H, W[, 3]) uint8 array) and resize them once to the test size."""
         from tqdm import tqdm
 
-        source = open_video(video)
+        if hasattr(video, "frames") and hasattr(video, "size"):
+            source = video  # already a video input (ssa_rvos.videoio, or a dataset's frames)
+        else:
+            from .videoio import open_video
+
+            source = open_video(video)
         H, W = source.size
         h, w = test_resize_shape(H, W, short=self.short_side, max_long=self.max_long_side)
         size = (max(1, h), max(1, w))  # an extreme aspect ratio may round a side to 0
@@ -335,7 +341,7 @@ class SSAPredictor:
         except BaseException:
             store.close()
             raise
-        fps = source.fps / every if source.fps else None
+        fps = source.fps / every if getattr(source, "fps", None) else None
         return VideoState(source=source.source, frame_names=tuple(names), frame_indices=tuple(indices),
                           original_size=(H, W), input_size=size, frames=store, fps=fps, video=source,
                           start=start, end=end, every=every)
@@ -343,8 +349,9 @@ class SSAPredictor:
     # ---------------------------------------------------------------------------------------- per text
 
     def check_texts(self, texts: str | Sequence[str]) -> list[str]:
-        """The expressions as a list; empty ones are a ValueError, ones longer than the text encoder's
-        context are truncated by its tokenizer, with a warning naming them."""
+        """The expressions as a list; an empty one (nothing but whitespace or invisible format characters)
+        is a ValueError. Ones longer than the text encoder's context are truncated when encoded, with a
+        warning naming them (:meth:`ssa_rvos.modeling.SSA.encode_text`)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -355,16 +362,6 @@ class SSAPredictor:
                 raise TypeError(f"expression {i} must be a str, got {type(text).__name__}")
             if not text.strip():
                 raise ValueError(f"expression {i} ({text!r}) is empty or only whitespace")
-        backbone = self.model.backbone
-        encode = getattr(backbone.tokenizer, "encode", None)  # open_clip's SimpleTokenizer: BPE ids, no sot/eot
-        if encode is not None:
-            context = backbone.context_length
-            for i, text in enumerate(texts):
-                n = len(encode(clean_sentence(text))) + 2
-                if n > context:
-                    shown = text if len(text) <= 60 else text[:57] + "..."
-                    warnings.warn(f"expression {i} ({shown!r}) has {n} tokens, more than the text encoder's context "
-                                  f"of {context}: only its first {context - 2} are used", UserWarning, stacklevel=3)
         return texts
 
     def segment(self, state: VideoState, texts: str | Sequence[str], *, progress: bool = False) -> list[ExpressionResult]:
@@ -392,7 +389,7 @@ class SSAPredictor:
     # ---------------------------------------------------------------------------------------- the passes
 
     def _chunks(self, T: int, E: int) -> list[tuple[int, int]]:
-        per = max(1, self.frame_chunk // E)
+        per = T if self.frame_chunk is None else max(1, self.frame_chunk // E)
         return [(s, min(s + per, T)) for s in range(0, T, per)]
 
     def _images(self, state: VideoState, s: int, e: int, E: int) -> torch.Tensor:
@@ -412,7 +409,7 @@ class SSAPredictor:
         chunks = self._chunks(T, E)
         queries, tokens, cache = [], [], []
         with self._autocast():
-            text = model.encode_text(texts)
+            text = model.encode_text(texts, warn_truncated=True)
             sentence = model.sentence_proj(text.sentence)  # (E, C)
             with tqdm(total=T, desc="frame stage", unit="frame", disable=not progress) as bar:
                 for s, e in chunks:
@@ -430,7 +427,7 @@ class SSAPredictor:
                     del fs  # the frame masks and mask features of this chunk are not needed again
                     bar.update(k)
             video = model.forward_video(torch.cat(queries, dim=2), torch.cat(tokens, dim=1))
-        scores = video.logits[-1, -1].float().softmax(-1)[..., 0]  # (E, N), as SSAOutput.video_scores
+        scores = foreground_probability(video.logits[-1, -1])  # (E, N), as SSAOutput.video_scores
         embed = video.mask_embed[-1, -1].float()  # (E, N, Cm)
         idx = [select_queries(scores[b], selection=self.selection, threshold=self.threshold) for b in range(E)]
         return (text, sentence, [embed[b, i] for b, i in enumerate(idx)], idx,
@@ -444,9 +441,7 @@ class SSAPredictor:
         model = self.model
         E, T = len(embed), state.num_frames
         H, W = state.original_size
-        h, w = state.input_size
-        d = model.config.size_divisibility
-        padded = (h + (-h) % d, w + (-w) % d)  # as SSA.preprocess pads
+        padded = model.padded_size(state.input_size)
         # Inference mode and autocast are entered per step, never held across a yield: they are
         # thread-wide and would leak into the caller's code between frames.
         with tqdm(total=T, desc="masks", unit="frame", disable=not progress) as bar:

@@ -1,18 +1,24 @@
-"""Process-wide torch settings, chosen by one rule each: the device (``auto``) and the thread count.
+"""Process-wide torch settings, chosen by one rule each: the device (``auto``), the thread count, and
+the process group of a ``torchrun`` launch.
 
-Both are used by every front end (the command line, :class:`ssa_rvos.SSAPredictor`, training, the
-scripts under ``scripts/`` and ``bench/``), so a device name means the same everywhere and a thread
-count set for one run does not outlive it.
+They are used by every front end (the command line, :class:`ssa_rvos.SSAPredictor`, training, sharded
+prediction, the scripts under ``scripts/`` and ``bench/``), so a device name means the same everywhere,
+a thread count set for one run does not outlive it, and training and prediction join torchrun's
+processes the same way.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["resolve_device", "torch_threads"]
+__all__ = ["DistEnv", "resolve_device", "setup_distributed", "teardown_distributed", "torch_threads"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -47,3 +53,46 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    owns_group: bool  # this module initialised the process group (and destroys it at the end)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> DistEnv:
+    """Join the process group torchrun describes (or one a caller already made) and pick the device."""
+    owns = False
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        if use_cuda:
+            torch.cuda.set_device(local)
+        # A long timeout: the other processes wait at a barrier while rank 0 evaluates.
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+        owns = True
+    else:
+        rank, world, local = 0, 1, 0
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local}"
+    return DistEnv(rank=rank, local_rank=local, world_size=world, device=torch.device(device), owns_group=owns)
+
+
+def teardown_distributed(env: DistEnv) -> None:
+    """Leave the process group if :func:`setup_distributed` made it."""
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

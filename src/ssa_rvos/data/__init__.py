@@ -6,9 +6,9 @@ docstring. Mask formats (COCO RLE, palette PNGs) live in :mod:`ssa_rvos.data.mas
 package needs only numpy and Pillow; pycocotools is imported when an RLE or polygon is decoded.
 """
 
+from .expressions import DatasetError, Expression, VideoExpressionDataset, clean_expression
 from .mevis import MeViS
 from .refcoco import RefCOCO
-from .samples import DatasetError, Expression, VideoExpressionDataset, clean_expression
 from .ytvos import RefDAVIS17, RefYouTubeVOS
 
 __all__ = [

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .samples import (
+from .expressions import (
     DatasetError,
     Expression,
     VideoExpressionDataset,

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import atomic_write
-from .samples import DatasetError, list_frames, read_json
+from .expressions import DatasetError, list_frames, read_json
 
 
 def _davis_palette() -> list[int]:
@@ -219,12 +219,14 @@ def pngs_to_mask_dict(png_dir: str | os.PathLike, meta_path: str | os.PathLike |
     out_meta: dict = {"videos": {}}
     mask_dict: dict = {}
     next_id = 0
-    for video_dir in sorted(p for p in png_dir.iterdir() if p.is_dir()):
+    # Hidden entries are never predictions: an interrupted writer's temporary folders
+    # (``.<exp_id>.<random>.partial``, ssa_rvos.fileio) are hidden.
+    for video_dir in sorted(p for p in png_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         video = video_dir.name
         src = meta_videos.get(video) if meta_videos is not None else None
         if meta_videos is not None and src is None:
             raise DatasetError(f"{meta_path}: no video {video!r} (found in {png_dir})")
-        exp_dirs = sorted((p for p in video_dir.iterdir() if p.is_dir()),
+        exp_dirs = sorted((p for p in video_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
                           key=lambda p: (0, int(p.name)) if p.name.isdigit() else (1, p.name))
         frames = list(src["frames"]) if src is not None else None
         exps = {}

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .masks import rle_decode
-from .samples import (
+from .expressions import (
     DatasetError,
     Expression,
     VideoExpressionDataset,
@@ -31,6 +30,7 @@ from .samples import (
     require_dir,
     require_file,
 )
+from .masks import rle_decode
 
 __all__ = ["MeViS"]
 

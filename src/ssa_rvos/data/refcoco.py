@@ -27,8 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .masks import rle_decode
-from .samples import (
+from .expressions import (
     DatasetError,
     Expression,
     VideoExpressionDataset,
@@ -37,6 +36,7 @@ from .samples import (
     require_dir,
     require_file,
 )
+from .masks import rle_decode
 
 __all__ = ["RefCOCO", "RefsUnpickler", "load_refs"]
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import shutil
-import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_dir
 from .masks import rle_encode, write_json_atomic
 
 __all__ = [
@@ -791,9 +790,7 @@ def generate_split(out: str | os.PathLike, *, split: str, videos: int, frames: i
     out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{split}.", suffix=".partial"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the split is a dataset to share
-    try:
+    with atomic_dir(final) as tmp:  # a finished split, or the one there before
         names = [f"{k:05d}" for k in range(t)]
         meta: dict = {}
         mask_dict: dict = {}
@@ -833,16 +830,6 @@ def generate_split(out: str | os.PathLike, *, split: str, videos: int, frames: i
             write_json_atomic(tmp / file, obj)
             (tmp / file).chmod(0o644)  # written through a private temporary file
         _check_replaceable(final)  # again: something may have appeared there while we worked
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=out, prefix=f".{split}.", suffix=".old"))
-            os.replace(final, old / split)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
@@ -871,7 +858,7 @@ def generate(out: str | os.PathLike, *, videos: int, frames: int, size: int | tu
 
 def expression_kinds(root: str | os.PathLike, split: str) -> dict[tuple[str, str], str]:
     """``{(video, exp_id): kind}`` of a SynthRef split, from its meta_expressions.json."""
-    from .samples import DatasetError, read_json
+    from .expressions import DatasetError, read_json
 
     path = Path(root) / split / "meta_expressions.json"
     videos = read_json(path).get("videos", {})
@@ -886,11 +873,11 @@ def expression_kinds(root: str | os.PathLike, split: str) -> dict[tuple[str, str
 
 def write_demo_video(path: str | os.PathLike, *, seed: int, frames: int, size: int | tuple[int, int],
                      fps: int = 8) -> dict:
-    """Render the video ``render_video(seed, ...)`` to an mp4 with :class:`ssa_rvos.data.video.VideoWriter`
+    """Render the video ``render_video(seed, ...)`` to an mp4 with :class:`ssa_rvos.videoio.VideoWriter`
     (H.264 if available, else MPEG-4 Part 2; yuv420p, so an odd height or width is padded by one edge
     pixel) and return its expressions ``{exp_id: {"exp", "obj_id", "kind"}}`` (obj_id as in
     :func:`render_video`)."""
-    from .video import VideoWriter
+    from ..videoio import VideoWriter
 
     video = render_video(int(seed), frames=frames, size=size)
     with VideoWriter(path, fps=fps) as writer:

@@ -29,7 +29,6 @@ __all__ = [
     "PSEUDO_CENTER_RANGE",
     "PSEUDO_MAX_DEGREES",
     "TEST_MAX_LONG",
-    "TEST_SHORT_SIDE",
     "TRAIN_MAX_LONG",
     "TRAIN_SHORT_SIDES",
     "ClipAugmentation",
@@ -45,8 +44,8 @@ __all__ = [
     "test_resize_shape",
 ]
 
-# Test resize (SPEC section 5): short side per benchmark, long side capped at 1333 (detectron2's default).
-TEST_SHORT_SIDE: dict[str, int] = {"mevis": 448, "ytvos": 480, "davis": 480}
+# Test resize (SPEC section 5): the short side is the benchmark's (ssa_rvos.benchmarks), the long side is
+# capped at 1333 (detectron2's default).
 TEST_MAX_LONG = 1333
 
 # Training (the released configs: INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN / CROP).

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .masks import read_label_png
-from .samples import (
+from .expressions import (
     DatasetError,
     Expression,
     VideoExpressionDataset,
@@ -41,6 +40,7 @@ from .samples import (
     require_dir,
     require_file,
 )
+from .masks import read_label_png
 
 __all__ = ["RefDAVIS17", "RefYouTubeVOS"]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..benchmarks import BENCHMARKS
+from ..data.expressions import DatasetError, Expression
 from ..data.masks import read_mask_png
-from ..data.samples import DatasetError, Expression
 from .metrics import j_and_f
 
 
@@ -165,7 +166,8 @@ def evaluate_predictions(dataset, predictions: str | os.PathLike, *, workers: in
     if not dataset.has_masks:
         raise DatasetError(f"{dataset.root}: split {dataset.split!r} of {dataset.name} has no ground truth "
                            "(a server split: make a submission with `ssa-rvos submit`)")
-    if dataset.name == "davis":
+    benchmark = BENCHMARKS.get(dataset.name)  # SynthRef reads as "mevis"; A2D and others score per expression
+    if benchmark is not None and benchmark.protocol == "davis":
         return evaluate_davis(dataset, predictions, progress=progress)
     scores = _scores(dataset, predictions, workers=workers, progress=progress)
     j = float(np.mean([s.j for s in scores])) if scores else 0.0

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.samples import DatasetError
+from ..benchmarks import BENCHMARKS, get_benchmark
+from ..data.expressions import DatasetError
 from ..fileio import atomic_write
-
-ZIP_ROOT = {"mevis": "", "ytvos": "Annotations/"}
 
 
 class SubmissionError(ValueError):
@@ -26,9 +25,11 @@ class SubmissionError(ValueError):
 
 
 def _root(dataset) -> str:
-    if dataset.name not in ZIP_ROOT:
-        raise SubmissionError(f"no evaluation server takes {dataset.name} submissions (only {sorted(ZIP_ROOT)})")
-    return ZIP_ROOT[dataset.name]
+    root = get_benchmark(dataset.name).submission_root
+    if root is None:
+        servers = sorted(b.name for b in BENCHMARKS.values() if b.submission_root is not None)
+        raise SubmissionError(f"no evaluation server takes {dataset.name} submissions (only {servers})")
+    return root
 
 
 def _check_png(data: bytes, where: str, size: tuple[int, int]) -> str | None:

@@ -11,18 +11,39 @@ stochastic depth then stays active while training).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..text import clean_sentence
 from .adapter import StageAdapter
 from .config import AdapterConfig, ClipConfig
 
 
-def clean_sentence(text: str) -> str:
-    """Lower-case and collapse whitespace, as the expressions are normalised before tokenising."""
-    return " ".join(text.lower().split())
+def text_tower(clip: nn.Module, tokens: Tensor, *, length: int | None = None,
+               positions: Tensor | None = None) -> Tensor:
+    """(B, L, C) projected features of every position of open_clip's text tower (not normalised).
+
+    length: run on the first ``length`` positions only, with the causal attention mask cut to match;
+    no position attends to later ones, so their features do not change (up to float rounding).
+    positions: (B,) one position of each sentence (e.g. its end-of-text token); only those are projected,
+    and the result is (B, C).
+    """
+    x, mask = clip.token_embedding(tokens[:, :length]), clip.attn_mask
+    if length is None:
+        x = x + clip.positional_embedding
+    else:
+        x, mask = x + clip.positional_embedding[:length], mask[:length, :length]
+    if getattr(clip.transformer, "batch_first", True):
+        x = clip.transformer(x, attn_mask=mask)
+    else:  # open_clip < 2.26 runs sequence-first
+        x = clip.transformer(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+    x = clip.ln_final(x)
+    if positions is not None:
+        x = x[torch.arange(x.shape[0], device=x.device), positions]
+    return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
 
 @dataclass
@@ -87,21 +108,32 @@ class ClipBackbone(nn.Module):
     def context_length(self) -> int:
         return int(self.clip.positional_embedding.shape[0])
 
-    def tokenize(self, texts: list[str]) -> Tensor:
-        return self.tokenizer([clean_sentence(t) for t in texts])
+    def tokenize(self, texts: list[str], *, warn_truncated: bool = False) -> Tensor:
+        """(B, context) token ids of the cleaned sentences, truncated to the context by the tokenizer.
+
+        warn_truncated: a UserWarning for each sentence that was cut. A sentence fills the whole context
+        only when it is at least that long, so only those are encoded a second time, to count their tokens.
+        """
+        cleaned = [clean_sentence(t) for t in texts]
+        tokens = self.tokenizer(cleaned)
+        encode = getattr(self.tokenizer, "encode", None)  # open_clip's SimpleTokenizer: BPE ids, no sot/eot
+        if warn_truncated and encode is not None:
+            context = tokens.shape[1]
+            for i in torch.nonzero(tokens[:, -1] != 0).flatten().tolist():
+                n = len(encode(cleaned[i])) + 2
+                if n > context:
+                    shown = texts[i] if len(texts[i]) <= 60 else texts[i][:57] + "..."
+                    warnings.warn(f"expression {i} ({shown!r}) has {n} tokens, more than the text encoder's context "
+                                  f"of {context}: only its first {context - 2} are used", UserWarning, stacklevel=4)
+        return tokens
 
     @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> TextFeatures:
-        """Run the frozen text tower on B sentences (paper Sec. 3.1)."""
+    def encode_text(self, texts: list[str], *, warn_truncated: bool = False) -> TextFeatures:
+        """Run the frozen text tower on B sentences (paper Sec. 3.1); see :meth:`tokenize` for
+        ``warn_truncated``."""
         device = self.clip.positional_embedding.device
-        tokens = self.tokenize(texts).to(device)
-        clip = self.clip
-        x = clip.token_embedding(tokens) + clip.positional_embedding
-        if getattr(clip.transformer, "batch_first", True):
-            x = clip.transformer(x, attn_mask=clip.attn_mask)
-        else:  # open_clip < 2.26 runs sequence-first
-            x = clip.transformer(x.transpose(0, 1), attn_mask=clip.attn_mask).transpose(0, 1)
-        x = clip.ln_final(x) @ clip.text_projection
+        tokens = self.tokenize(texts, warn_truncated=warn_truncated).to(device)
+        x = text_tower(self.clip, tokens)
         eot = tokens.argmax(dim=-1)  # end-of-text has the highest id in CLIP's vocabulary
         sentence = x[torch.arange(x.shape[0], device=device), eot]
         n = self.config.word_tokens

@@ -19,6 +19,11 @@ from .pixel_decoder import PixelDecoder
 from .video_decoder import VideoDecoder
 
 
+def foreground_probability(logits: Tensor) -> Tensor:
+    """Class logits (..., 2) -> the probability of "an object" (...): the score of a query (spec Sec. 5)."""
+    return logits.float().softmax(-1)[..., 0]
+
+
 class SentenceProjection(nn.Module):
     """CLIP sentence feature -> decoder width: Linear, LayerNorm (eps 1e-12), dropout."""
 
@@ -84,7 +89,7 @@ class SSAOutput:
 
     def video_scores(self, layer: int = -1) -> Tensor:
         """Foreground probability of every video query: (K, B, N)."""
-        return self.video_logits[layer].softmax(-1)[..., 0]
+        return foreground_probability(self.video_logits[layer])
 
 
 class SSA(nn.Module):
@@ -112,6 +117,11 @@ class SSA(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) -> the size :meth:`preprocess` pads it to (the next multiples of the backbone's stride)."""
+        d = self.config.size_divisibility
+        return (size[0] + (-size[0]) % d, size[1] + (-size[1]) % d)
+
     def preprocess(self, frames: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """frames: (..., 3, H, W) RGB on a 0-255 scale -> normalised (..., 3, Hp, Wp) padded with
         zeros at the bottom/right to a multiple of 32, and the unpadded (H, W).
@@ -120,14 +130,16 @@ class SSA(nn.Module):
         """
         H, W = frames.shape[-2:]
         x = (frames.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        d = self.config.size_divisibility
-        pad_h, pad_w = (-H) % d, (-W) % d
+        Hp, Wp = self.padded_size((H, W))
+        pad_h, pad_w = Hp - H, Wp - W
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x, (H, W)
 
-    def encode_text(self, texts: list[str]) -> TextFeatures:
-        return self.backbone.encode_text(texts)
+    def encode_text(self, texts: list[str], *, warn_truncated: bool = False) -> TextFeatures:
+        """The frozen CLIP text tower on B sentences; sentences longer than its context are truncated (with a
+        UserWarning naming each when ``warn_truncated``)."""
+        return self.backbone.encode_text(texts, warn_truncated=warn_truncated)
 
     def forward_frames(self, images: Tensor, text: TextFeatures, *, sentence: Tensor | None = None,
                        query_layers: int | None = None) -> FrameStageOutput:

@@ -1,4 +1,4 @@
-"""Training SSA (spec Sec. 6): run configs and recipes (``config``), training clips (``data``), the losses
+"""Training SSA (spec Sec. 6): run configs and recipes (``config``), training clips (``clips``), the losses
 (``losses``, ``matcher``) and the loop with checkpoints and resuming (``trainer``).
 
 Nothing is imported here: ``import ssa_rvos.training`` stays cheap, and ``import ssa_rvos`` never

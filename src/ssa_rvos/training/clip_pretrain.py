@@ -51,7 +51,8 @@ from torch import Tensor, nn
 
 from ..build import build_clip, clip_architecture
 from ..checkpoint import save_state_dict_atomic
-from ..modeling.clip_backbone import clean_sentence
+from ..configs import from_dict
+from ..modeling.clip_backbone import clean_sentence, text_tower
 from ..modeling.config import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, ClipConfig
 
 __all__ = [
@@ -152,17 +153,7 @@ class ClipPretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClipPretrainConfig:
-        if not isinstance(data, dict):
-            raise ValueError(f"clip pretrain config: expected a mapping, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"clip pretrain config: unknown keys {unknown}")
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-        if required - set(data):
-            raise ValueError(f"clip pretrain config: missing keys {sorted(required - set(data))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return from_dict(cls, data, "clip pretrain config", required=True)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -317,12 +308,7 @@ def encode_text(clip: nn.Module, tokens: Tensor) -> Tensor:
     if not standard:  # another open_clip text tower: no shortcut
         return clip.encode_text(tokens, normalize=True)
     eot = tokens.argmax(dim=-1)  # end-of-text has the highest id in CLIP's vocabulary
-    length = int(eot.max()) + 1
-    x = clip.token_embedding(tokens[:, :length]) + clip.positional_embedding[:length]
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    x = clip.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
-    x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
-    return F.normalize(x, dim=-1)
+    return F.normalize(text_tower(clip, tokens, length=int(eot.max()) + 1, positions=eot), dim=-1)
 
 
 # ------------------------------------------------------------------------------------------------- loss

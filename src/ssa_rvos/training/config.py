@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,8 +25,10 @@ from typing import Any
 
 import yaml
 
+from ..benchmarks import BENCHMARKS
 from ..build import list_models
-from .data import DataConfig, DatasetSpec
+from ..configs import dotted, from_dict
+from .clips import DataConfig, DatasetSpec
 from .losses import LossConfig
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 AMP_MODES = ("off", "bf16", "fp16")
-EVAL_DATASETS = ("mevis", "ytvos", "davis")
+EVAL_DATASETS = tuple(BENCHMARKS)
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _build(cls, data, "")
+        return from_dict(cls, data, "", typed=True, style="config")
 
 
 # ------------------------------------------------------------------------------------------------ dicts
@@ -199,66 +199,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-def _join(where: str, key: str | int) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))
-
-
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a field's type and convert what YAML cannot say (lists -> tuples,
-    ints -> floats, mappings -> dataclasses)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) != 1:
-            raise TypeError(f"{where}: unsupported type {hint}")
-        return _convert(value, options[0], where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], _join(where, i)) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ValueError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
-        return tuple(_convert(v, a, _join(where, i)) for i, (v, a) in enumerate(zip(value, args)))
-    if dataclasses.is_dataclass(hint):
-        return value if isinstance(value, hint) else _build(hint, value, where)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint in (bool, str) and not isinstance(value, hint):
-        raise ValueError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """A dataclass from a mapping: unknown keys rejected by name, every value type-checked."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ValueError(f"unknown config key {_join(where, unknown[0])!r} (known there: {', '.join(names)})")
-    kwargs = {k: _convert(v, hints[k], _join(where, k)) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a missing required field, e.g. a dataset without a name
-        raise ValueError(f"{where or 'config'}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------------ YAML
@@ -344,13 +284,13 @@ def _merge(target: dict[str, Any], delta: dict[str, Any], where: str, source: st
     """Apply ``delta`` onto ``target`` in place; every key must already exist in ``target``.
     Lists are replaced whole."""
     for key, value in delta.items():
-        dotted = _join(where, key)
+        location = dotted(where, key)
         if key not in target:
-            raise ValueError(f"unknown config key {dotted!r} in {source}")
+            raise ValueError(f"unknown config key {location!r} in {source}")
         if isinstance(target[key], dict):
             if not isinstance(value, dict):
-                raise ValueError(f"config key {dotted!r} in {source} is a section; expected a mapping, got {value!r}")
-            _merge(target[key], value, dotted, source)
+                raise ValueError(f"config key {location!r} in {source} is a section; expected a mapping, got {value!r}")
+            _merge(target[key], value, location, source)
         else:
             target[key] = value
 
@@ -404,8 +344,6 @@ def load_config(source: str | os.PathLike | None = None, overrides: list[str] | 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically), loadable with :func:`load_config`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -28,8 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..configs import from_dict
 from ..modeling.trajectory import apply_permutation
-from .data import strict_from_dict
 from .matcher import FrameAssignment, FrameMatcher, VideoAssignment, VideoMatcher, point_sample
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ SIM_FRAME_ORDERS = ("original", "reordered")
 
 
 class ClipTargetLike(Protocol):
-    """What the criterion reads from a target (``ssa_rvos.training.data.ClipTarget``)."""
+    """What the criterion reads from a target (``ssa_rvos.training.clips.ClipTarget``)."""
 
     masks: Tensor  # (M, T, H, W) bool, H <= Hp, W <= Wp
     ids: Tensor  # (M,) int64, unique within the clip
@@ -109,7 +109,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping, where: str = "loss") -> LossConfig:
-        return strict_from_dict(cls, data, where)
+        return from_dict(cls, data, where, style="key")
 
 
 def expected_loss_keys(config: LossConfig) -> tuple[str, ...]:

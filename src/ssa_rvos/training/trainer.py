@@ -6,7 +6,7 @@ global L2 norm over every trainable parameter, AdamW steps and the lr schedule a
 
 Processes: started by ``torchrun`` (its RANK / LOCAL_RANK / WORLD_SIZE variables), NCCL on GPUs, gloo
 on CPUs. ``batch_size`` is the global number of clips per step; the clips of a step do not depend on
-how they are spread over processes and micro-batches (``ssa_rvos.training.data``). Gradients match a
+how they are spread over processes and micro-batches (``ssa_rvos.training.clips``). Gradients match a
 single process holding the whole batch because the criterion normalises its mask losses by the
 global number of target masks divided by the world size (Mask2Former's ``num_masks``): DDP averages
 the per-process gradients, i.e. divides their sum by the world size, which turns that normaliser back
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -57,9 +56,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..build import build_model
 from ..checkpoint import official_to_ours, read_checkpoint, save_model, unreadable_reason
+from ..fileio import atomic_dir, atomic_write_text, remove_temporaries
 from ..modeling import SSA
+from ..runtime import DistEnv, setup_distributed
+from .clips import Batch, build_batches, per_process_batch
 from .config import EvalConfig, OptimConfig, TrainConfig, save_config
-from .data import Batch, build_batches, per_process_batch
 from .losses import SSACriterion
 
 __all__ = [
@@ -97,43 +98,6 @@ _SHOWN = {"loss_ce": "ce", "loss_mask": "mask", "loss_dice": "dice", "loss_video
 
 
 # ------------------------------------------------------------------------------------------------ processes
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    local_rank: int
-    world_size: int
-    device: torch.device
-    owns_group: bool  # this module initialised the process group (and destroys it at the end)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> DistEnv:
-    """Join the process group torchrun describes (or one a caller already made) and pick the device."""
-    owns = False
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-        if use_cuda:
-            torch.cuda.set_device(local)
-        # A long timeout: the other processes wait at a barrier while rank 0 evaluates.
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
-        owns = True
-    else:
-        rank, world, local = 0, 1, 0
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda":
-        device = f"cuda:{local}"
-    return DistEnv(rank=rank, local_rank=local, world_size=world, device=torch.device(device), owns_group=owns)
 
 
 def wrap_ddp(model: nn.Module, env: DistEnv, *, find_unused_parameters: bool = False) -> nn.Module:
@@ -339,12 +303,6 @@ def accumulate_gradients(net: nn.Module, criterion: SSACriterion, micro_batches:
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _rng_state() -> dict:
     """RNG states in types ``torch.load(weights_only=True)`` accepts (numpy and Python as plain lists)."""
     np_state = np.random.get_state()
@@ -397,8 +355,9 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model: SSA, opt
     root = Path(output_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    # what a killed earlier save left (this process is the only writer here)
+    remove_temporaries(root, names=lambda name: name.startswith(".step_"))
+    with atomic_dir(final) as tmp:  # replaces a folder left by an earlier run that went past this step
         save_model(model, tmp / MODEL_FILE, extra={"step": str(step)})
         state = {
             "step": step,
@@ -409,13 +368,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model: SSA, opt
             "config": config.to_dict(),
         }
         torch.save(state, tmp / STATE_FILE)
-        if final.exists():  # left by an earlier run that went past this step
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _write_text_atomic(root / LATEST, final.name + "\n")
+    atomic_write_text(root / LATEST, final.name + "\n")
     if keep_last > 0:
         for _, old in _checkpoint_dirs(Path(output_dir))[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -467,13 +420,11 @@ def _config_changes(old: dict, new: dict, where: str = "") -> list[str]:
 def evaluate_split(model: SSA, config: EvalConfig, *, workdir: str | os.PathLike) -> dict[str, float]:
     """J, F and J&F of ``model`` on the split ``config`` names (predictions in a scratch folder under
     ``workdir``, removed afterwards)."""
-    from ..data import MeViS, RefDAVIS17, RefYouTubeVOS
+    from ..benchmarks import open_benchmark
     from ..evaluation.evaluate import evaluate_predictions
     from ..evaluation.predict import predict_split
 
-    readers = {"mevis": MeViS, "ytvos": RefYouTubeVOS, "davis": RefDAVIS17}
-    split = config.split or ("valid_u" if config.dataset == "mevis" else "valid")
-    dataset = readers[config.dataset](config.root, split)
+    dataset = open_benchmark(config.dataset, config.root, config.split)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="eval-", dir=workdir) as tmp:
         predict_split(model, dataset, tmp, short_side=config.short_side, frame_chunk=config.frame_chunk, amp=config.amp)

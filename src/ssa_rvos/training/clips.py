@@ -16,13 +16,15 @@ dropped. A clip may have no object at all (every query then learns "no object").
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..benchmarks import BENCHMARKS, open_benchmark
+from ..configs import from_dict
 from ..data.transforms import (
     TRAIN_MAX_LONG,
     TRAIN_SHORT_SIDES,
@@ -36,17 +38,6 @@ from ..data.transforms import (
 CLIP_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 
 DATASET_NAMES = ("mevis", "ytvos", "davis", "refcoco", "refcoco+", "refcocog", "synthetic")
-
-
-def strict_from_dict(cls, data, where: str):
-    """``cls(**data)`` for a dataclass, an unknown key being an error that names it."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "data.datasets") -> DatasetSpec:
-        return strict_from_dict(cls, data, where)
+        return from_dict(cls, data, where, style="key")
 
 
 @dataclass(frozen=True)
@@ -107,10 +98,7 @@ class DataConfig:
                 raise ValueError(f"{where}.datasets: expected a list of datasets")
             data["datasets"] = tuple(s if isinstance(s, DatasetSpec) else DatasetSpec.from_dict(s, f"{where}.datasets.{i}")
                                      for i, s in enumerate(items))
-        for k in ("short_sides", "synthetic_size", "pad_value"):
-            if k in data:
-                data[k] = tuple(data[k])
-        return strict_from_dict(cls, data, where)
+        return from_dict(cls, data, where, style="key")
 
 
 @dataclass
@@ -186,10 +174,8 @@ class _Source:
     def __init__(self, spec: DatasetSpec, config: DataConfig) -> None:
         self.spec, self.config = spec, config
         self.reader = None
-        if spec.name in ("mevis", "ytvos", "davis"):
-            from ..data import MeViS, RefDAVIS17, RefYouTubeVOS
-
-            self.reader = {"mevis": MeViS, "ytvos": RefYouTubeVOS, "davis": RefDAVIS17}[spec.name](spec.root, spec.split)
+        if spec.name in BENCHMARKS:
+            self.reader = open_benchmark(spec.name, spec.root, spec.split)
             if not self.reader.has_masks:
                 raise ValueError(f"data.datasets: {spec.name} split {spec.split!r} has no masks to train on")
         elif spec.name.startswith("refcoco"):

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..text import clean_sentence as clean_expression
+
 __all__ = ["DatasetError", "Expression", "VideoExpressionDataset", "clean_expression", "list_frames", "read_json"]
 
 FRAME_SUFFIX = ".jpg"
@@ -27,16 +29,6 @@ FRAME_SUFFIX = ".jpg"
 class DatasetError(ValueError):
     """A dataset file is missing, malformed or inconsistent; the message names the file and the
     video / expression at fault."""
-
-
-def clean_expression(text: str) -> str:
-    """Lower-case and collapse whitespace.
-
-    Equal to ``ssa_rvos.modeling.clip_backbone.clean_sentence`` (the normalisation every reference
-    loader applies, ``" ".join(exp.lower().split())``); restated here so that reading a dataset does
-    not import the model (torch, open_clip).
-    """
-    return " ".join(text.lower().split())
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .fileio import temporary_path
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -314,7 +315,7 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A fresh hidden name beside the target (not mkstemp, whose 0600 mode the renamed video would keep);
         # the container format follows the suffix (.mp4 when none).
-        self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial{self.path.suffix or '.mp4'}")
+        self._tmp = temporary_path(self.path, suffix=self.path.suffix or ".mp4")
         self._container = av.open(str(self._tmp), mode="w")
         self._codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         # a rational rate: PyAV wants one, and 29.97 fps must not become 29
