@@ -107,3 +107,29 @@ def segment_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("segment_model") / "ssa_tiny_test.safetensors"
     save_model(model, path)
     return model, path
+
+
+# ------------------------------------------------------------------------------ shared data (read-only)
+
+
+@pytest.fixture(scope="session")
+def synthref_root(tmp_path_factory) -> Path:
+    """A tiny SynthRef root (MeViS layout) with the splits train and valid_u: 2 videos each, 6 frames of
+    64x64, seed 3. Built once per session and shared: tests read it, never write into it."""
+    from ssa_rvos.data.synthref import generate_split
+
+    root = tmp_path_factory.mktemp("synthref")
+    for split in ("train", "valid_u"):
+        generate_split(root, split=split, videos=2, frames=6, size=64, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mevis_root(tmp_path_factory):
+    """(root, infos): a generated MeViS tree (tests/datagen.write_mevis) with the splits valid_u (ground
+    truth) and valid (server split, none), ``infos[split]`` describing each. Built once per session and
+    shared: tests read it, never write into it."""
+    from datagen import write_mevis
+
+    root = tmp_path_factory.mktemp("mevis")
+    return root, {split: write_mevis(root, split) for split in ("valid_u", "valid")}

@@ -45,6 +45,7 @@ def sample(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_bundled_model_segments_held_out_videos(sample, tmp_path):
     model = load_pretrained()  # the default: no name
     assert not model.training and model.config.test_short_side == 96

@@ -22,13 +22,10 @@ def error(capsys, *argv) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def synthref(tmp_path_factory):
-    """A tiny SynthRef root with the splits train and valid_u (MeViS layout)."""
-    root = tmp_path_factory.mktemp("synthref")
-    for split in ("train", "valid_u"):
-        generate_split(root, split=split, videos=2, frames=6, size=64, seed=3)
-    return root
+@pytest.fixture
+def synthref(synthref_root):
+    """The shared tiny SynthRef root (train and valid_u, MeViS layout; conftest)."""
+    return synthref_root
 
 
 @pytest.fixture(scope="module")

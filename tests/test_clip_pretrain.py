@@ -203,6 +203,7 @@ def test_retrieval_accuracy_counts_repeats_as_correct():
 # ------------------------------------------------------------------------------------------------ a run
 
 
+@pytest.mark.slow
 def test_training_learns_the_captions(trained):
     config, metrics = trained
     history = metrics["history"]

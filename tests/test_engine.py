@@ -92,6 +92,7 @@ def _torchrun(nproc: int, argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_write_what_one_process_writes(segment_model, split, one_process, tmp_path):
     _, checkpoint = segment_model
     root, meta = split
@@ -149,3 +150,19 @@ def test_no_caller_but_the_engine_runs_the_network_for_inference():
     cli = (SRC / "cli.py").read_text()
     for name in ("rle_encode", "write_mask_png", "\"instances\"", "VideoWriter", "draw_overlay"):
         assert name not in cli, name
+
+
+def test_segment_rerun_clears_what_an_interrupted_run_left(segment_model, split, tmp_path, capsys):
+    _, checkpoint = segment_model
+    root, meta = split
+    video = sorted(meta["videos"])[0]
+    out = tmp_path / "out"
+    (out / ".0.abcd1234.partial").mkdir(parents=True)
+    (out / ".0.abcd1234.partial" / "00000.png").write_bytes(b"half")
+    (out / ".overlay.mp4.abcd1234.partial.mp4").write_bytes(b"half")
+    (out / ".masks.json.x1y2.partial.tmp").write_text("{")
+    (out / ".notes").write_text("the user's own hidden file")
+    assert main(["segment", str(root / "valid" / "JPEGImages" / video), "-o", str(out), "--model", str(checkpoint),
+                 "--text", "the object", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".notes", "0"]
+    assert ".0.abcd1234.partial" in capsys.readouterr().out  # named in the summary's "removed" list

@@ -29,9 +29,9 @@ def _write_predictions(out, info, *, skip=(), transform=None):
 
 
 @pytest.fixture
-def mevis(tmp_path):
-    info = write_mevis(tmp_path / "mevis", "valid_u")
-    return MeViS(tmp_path / "mevis", "valid_u"), info
+def mevis(mevis_root):
+    root, infos = mevis_root
+    return MeViS(root, "valid_u"), infos["valid_u"]
 
 
 def test_ground_truth_as_predictions_scores_one(mevis, tmp_path):
@@ -149,7 +149,7 @@ def test_evaluate_command_prints_table_and_writes_report(mevis, tmp_path, capsys
     dataset, info = mevis
     gone = info["expressions"][0]
     _write_predictions(tmp_path / "pred", info, skip={(gone["video"], gone["exp_id"])})
-    code = main(["evaluate", "--dataset", "mevis", "--root", str(tmp_path / "mevis"), "--split", "valid_u",
+    code = main(["evaluate", "--dataset", "mevis", "--root", str(mevis[0].root), "--split", "valid_u",
                  "--predictions", str(tmp_path / "pred"), "--output", str(tmp_path / "report.json")])
     assert code == 0
     out = capsys.readouterr().out
@@ -161,14 +161,14 @@ def test_evaluate_command_prints_table_and_writes_report(mevis, tmp_path, capsys
 
 
 @pytest.mark.parametrize("argv, code, needle", [
-    (["--split", "valid", "--predictions", "NOPE"], 1, "valid"),  # split folder not generated
+    (["--split", "train", "--predictions", "NOPE"], 1, "train"),  # split folder not generated
     (["--predictions", "NOPE"], 1, "NOPE"),
     ([], 2, "either --predictions"),
     (["--model", "ssa_tiny"], 2, "without trained weights"),
     (["--model", "missing.safetensors"], 2, "missing.safetensors"),
 ])
 def test_evaluate_command_errors_are_one_line(mevis, tmp_path, capsys, argv, code, needle):
-    args = ["evaluate", "--dataset", "mevis", "--root", str(tmp_path / "mevis")]
+    args = ["evaluate", "--dataset", "mevis", "--root", str(mevis[0].root)]
     if "--split" not in argv:
         args += ["--split", "valid_u"]
     argv = [str(tmp_path / a) if a in ("NOPE",) else a for a in argv]
@@ -262,7 +262,7 @@ def test_predict_matches_the_model_and_postprocess(mevis, tiny_model, tmp_path):
 
 
 def test_evaluate_with_a_model_predicts_and_scores(mevis, tiny_checkpoint, tmp_path, capsys):
-    root = str(tmp_path / "mevis")
+    root = str(mevis[0].root)
     saved = tmp_path / "saved"
     assert main(["evaluate", "--dataset", "mevis", "--root", root, "--split", "valid_u", "--model",
                  str(tiny_checkpoint), "--device", "cpu", "--short-side", "32", "--save-predictions", str(saved),
@@ -285,10 +285,10 @@ def test_predict_command(tmp_path, tiny_checkpoint, capsys):
 # ------------------------------------------------------------------------------------------- submissions
 
 @pytest.fixture
-def mevis_valid(tmp_path):
-    info = write_mevis(tmp_path / "mevis", "valid")
-    _write_predictions(tmp_path / "pred", info)
-    return MeViS(tmp_path / "mevis", "valid"), info
+def mevis_valid(mevis_root, tmp_path):
+    root, infos = mevis_root
+    _write_predictions(tmp_path / "pred", infos["valid"])
+    return MeViS(root, "valid"), infos["valid"]
 
 
 def test_submission_layout_and_check(mevis_valid, tmp_path):
@@ -352,21 +352,21 @@ def test_check_lists_everything_wrong(mevis_valid, tmp_path, capsys):
     assert f"missing expression {e1['video']}/{e1['exp_id']}" in text or f"missing video {e1['video']}" in text
     assert f"{gray}: not binary" in text and f"{small}: 5x5" in text
     assert "unexpected file stray/0/00000.png" in text
-    assert main(["submit", "--dataset", "mevis", "--root", str(tmp_path / "mevis"), "--check",
+    assert main(["submit", "--dataset", "mevis", "--root", str(mevis_valid[0].root), "--check",
                  str(tmp_path / "bad.zip")]) == 1
     captured = capsys.readouterr()
     assert "missing frame" in captured.out and "problems" in captured.err
-    assert main(["submit", "--dataset", "mevis", "--root", str(tmp_path / "mevis"), "--check",
+    assert main(["submit", "--dataset", "mevis", "--root", str(mevis_valid[0].root), "--check",
                  str(tmp_path / "good.zip")]) == 0
     assert "OK" in capsys.readouterr().out
 
 
 def test_submit_command_writes_zip(mevis_valid, tmp_path, capsys):
-    assert main(["submit", "--dataset", "mevis", "--root", str(tmp_path / "mevis"), "--predictions",
+    assert main(["submit", "--dataset", "mevis", "--root", str(mevis_valid[0].root), "--predictions",
                  str(tmp_path / "pred"), "-o", str(tmp_path / "out.zip")]) == 0
     assert zipfile.is_zipfile(tmp_path / "out.zip")
-    assert main(["submit", "--dataset", "mevis", "--root", str(tmp_path / "mevis"), "--predictions",
+    assert main(["submit", "--dataset", "mevis", "--root", str(mevis_valid[0].root), "--predictions",
                  str(tmp_path / "pred"), "-o", str(tmp_path / "out.tar")]) == 2
-    assert main(["submit", "--dataset", "mevis", "--root", str(tmp_path / "mevis"), "--check",
+    assert main(["submit", "--dataset", "mevis", "--root", str(mevis_valid[0].root), "--check",
                  str(tmp_path / "nothere.zip")]) == 1
     assert "nothere.zip: file not found" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from ssa_rvos.checkpoint import load_model
 from ssa_rvos.data import MeViS
-from ssa_rvos.data.synthref import expression_kinds, generate_split
+from ssa_rvos.data.synthref import expression_kinds
 from ssa_rvos.evaluation.evaluate import evaluate_predictions, scores_by_group
 from ssa_rvos.evaluation.predict import predict_split
 
@@ -49,10 +49,9 @@ def test_export_model_writes_fp16_weights_with_a_note(segment_model, tmp_path, c
     assert "must be a .safetensors file" in capsys.readouterr().err
 
 
-def test_synthref_table_scores_each_model_per_kind(segment_model, tmp_path, capsys):
+def test_synthref_table_scores_each_model_per_kind(segment_model, synthref_root, tmp_path, capsys):
     _, checkpoint = segment_model
-    data = tmp_path / "synthref"
-    generate_split(data, split="valid_u", videos=2, frames=6, size=64, seed=5)
+    data = synthref_root
     table = load_script("synthref_table")
     out = tmp_path / "table"
     argv = ["--data", str(data), "--model", f"tiny={checkpoint}", "--model", f"tiny again={checkpoint}",

@@ -194,6 +194,7 @@ def test_lr_schedule():
 # ------------------------------------------------------------------------------------------------ the loop
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_its_checkpoint_loads(tmp_path):
     result = train(_tiny(tmp_path))
     losses = result.losses
@@ -211,6 +212,7 @@ def test_tiny_run_learns_and_its_checkpoint_loads(tmp_path):
     assert [m["step"] for m in metrics] == [5, 10, 15, 20, 25, 30, 35, 40] and "loss_sim" in metrics[0]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_identical(tmp_path):
     overrides = ["optim.max_steps=6", "optim.lr_steps=[4]", "checkpoint_every=3", "keep_last=1", "log_every=1"]
     whole = train(_tiny(tmp_path / "a", *overrides))
@@ -344,6 +346,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_and_accumulation_give_the_gradients_of_one_big_batch(tmp_path):
     # The comparison is exact only when every process holds as many matches (see the trainer's docstring):
     # synthetic clips have one object; check it is visible in every frame of both clips.

@@ -20,7 +20,8 @@ The folder holds
 Each output is written under a temporary name and renamed into place when complete
 (:mod:`ssa_rvos.fileio`); a rerun into the same folder replaces them and removes what an earlier run
 wrote that this one does not (numbered folders holding only grayscale PNGs, ``masks.json``,
-``overlay.mp4``); a folder of the user's own images is left alone. Given a
+``overlay.mp4``) and the temporary files and folders an interrupted run left; a folder of the user's own
+images is left alone. Given a
 :class:`~ssa_rvos.predictor.Propagation`, the masks are written frame by frame as they are computed, so
 memory stays flat on long videos.
 """
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.masks import rle_encode, write_json_atomic, write_mask_png
-from .fileio import replace_dir, temporary_path
+from .fileio import remove_temporaries, replace_dir, temporary_path
 
 __all__ = ["FORMATS", "ExpressionSummary", "OutputSummary", "remove_stale_outputs", "write_outputs"]
 
@@ -103,6 +104,13 @@ def remove_stale_outputs(out: str | os.PathLike, *, keep: set[str], keep_rle: bo
     return removed
 
 
+def _is_our_temporary(name: str) -> bool:
+    """A temporary name of one of this module's outputs (``.3.<random>.partial``, ``.masks.json.<...>``,
+    ``.overlay.mp4.<...>``), not some other hidden file of the user's."""
+    first = name[1:].split(".", 1)[0]
+    return first.isdigit() or name.startswith((f".{MASKS_JSON}.", f".{OVERLAY}."))
+
+
 def _frames_of(results) -> Iterator:
     """FrameResults of a list of ExpressionResults (the masks already computed), in frame order."""
     from .predictor import FrameResult
@@ -151,6 +159,8 @@ def write_outputs(out: str | os.PathLike, state, results, *, format: str = "png"
     E, T = len(texts), state.num_frames
     H, W = state.original_size
     out.mkdir(parents=True, exist_ok=True)
+    # what an interrupted earlier run into this folder left: its temporary mask folders, JSON and video
+    removed_debris = remove_temporaries(out, names=_is_our_temporary)
     tmp_dirs: list[Path] = []
     writer = None
     try:
@@ -214,4 +224,5 @@ def write_outputs(out: str | os.PathLike, state, results, *, format: str = "png"
     summaries = [ExpressionSummary(text=texts[e], frames_with_mask=int(frames_with_mask[e]), num_frames=T,
                                    mean_area=float(area[e] / T), scores=np.asarray(scores[e]))
                  for e in range(E)]
-    return OutputSummary(folder=out, expressions=summaries, written=[w for w in written if w], removed=removed)
+    return OutputSummary(folder=out, expressions=summaries, written=[w for w in written if w],
+                         removed=removed + removed_debris)
