@@ -259,3 +259,20 @@ def test_an_error_under_a_progress_bar_starts_its_own_line(tmp_path, synthref, c
     assert "evaluate mevis valid_u:" in err  # the bar was drawn
     assert err.endswith("\n") and err.splitlines()[-1].startswith("ssa-rvos evaluate: error: ")
     assert "00000.png: not a readable image" in err.splitlines()[-1]
+
+
+def test_train_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "tiny_cpu", "optim.max_steps=2", "checkpoint_every=1", "--output-dir", str(run)]) == 0
+    capsys.readouterr()
+    newest = run / "checkpoints" / "step_0000002"
+    (newest / "model.safetensors").write_bytes((newest / "model.safetensors").read_bytes()[:1000])  # truncated
+    assert main(["train", "tiny_cpu", "optim.max_steps=3", "checkpoint_every=1", "--resume",
+                 "--output-dir", str(run)]) == 0
+    out = capsys.readouterr().out  # the run's log lines
+    assert "skipping a damaged checkpoint" in out and "step_0000002" in out
+    assert "resumed from" in out and "step_0000001 (step 1)" in out
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    from ssa_rvos.checkpoint import load_model
+
+    load_model(newest / "model.safetensors")  # rewritten by the resumed run

@@ -288,7 +288,7 @@ def test_empty_and_overlong_texts(segment_model, video):
     predictor = SSAPredictor(model)
     state = predictor.init_state(video.frames[:2])
     for bad in ("", "  \t", ["a cat", " "]):
-        with pytest.raises(ValueError, match="empty or only whitespace"):
+        with pytest.raises(ValueError, match="is empty: only whitespace or invisible characters"):
             predictor.segment(state, bad)
     with pytest.raises(ValueError, match="no expressions"):
         predictor.segment(state, [])

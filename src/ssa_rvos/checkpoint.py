@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .configs import from_dict
 from .fileio import atomic_write
 from .modeling import SSA, ClipConfig, SSAConfig
 
@@ -47,9 +48,13 @@ def save_model(model: SSA, path: str | os.PathLike, *, extra: dict[str, str] | N
 
 
 def save_state_dict_atomic(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    try:
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    except SafetensorError as e:  # e.g. a full disk: safetensors reports it as its own error type
+        raise OSError(f"{path}: cannot write the checkpoint ({e})") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[SSAConfig, dict[str, Tensor]]:
@@ -68,14 +73,74 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SSAConfig, dict[str, Tenso
         raise ValueError(f"{path}: not a safetensors checkpoint ({e})") from None
     if CONFIG_KEY not in metadata:
         raise ValueError(f"{path}: no model config in its metadata (not an ssa-rvos checkpoint)")
-    return SSAConfig.from_dict(json.loads(metadata[CONFIG_KEY])), state
+    try:
+        data = json.loads(metadata[CONFIG_KEY])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: its model config is not valid JSON ({e})") from None
+    try:
+        # one strict schema: unknown keys and values of the wrong type are errors, before anything is built
+        config = from_dict(SSAConfig, data, "model", typed=True)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: bad model config: {e}") from None
+    return config, state
+
+
+def _available_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_weights(path: Path, model: SSA, state: dict[str, Tensor]) -> None:
+    """Every tensor of the model present with its shape, nothing extra, every float finite: else a
+    ValueError naming the file and the first mismatches (not torch's multi-line RuntimeError)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (first {', '.join(missing[:3])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected (first {', '.join(extra[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} of another shape (first {'; '.join(shapes[:2])})")
+    if problems:
+        raise ValueError(f"{path}: the weights do not fit the model its config describes: tensors "
+                         + ", ".join(problems))
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} weight tensors hold NaN or infinite values (first {bad[0]}): "
+                         "a damaged or diverged checkpoint")
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None) -> SSA:
-    """Build the model a checkpoint describes and load its weights (strict)."""
+    """Build the model a checkpoint describes and load its weights (strict).
+
+    Everything about the file is checked before memory is committed: the config against its schema, the
+    model's size against the machine's memory (built first on the meta device, which allocates nothing),
+    then every tensor's name, shape and finiteness; each problem is a one-line ValueError naming the file.
+    """
     from .build import build_model
 
+    path = Path(path)
     config, state = read_checkpoint(path)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(config)
+    except (RuntimeError, ValueError, TypeError, KeyError, AssertionError) as e:
+        raise ValueError(f"{path}: its model config does not describe a buildable model "
+                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    need = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    memory = _available_memory()
+    if memory is not None and need > memory:
+        raise ValueError(f"{path}: its model config asks for {need / 2**30:.1f} GiB of weights, more than this "
+                         f"machine's {memory / 2**30:.1f} GiB of memory")
+    check_weights(path, skeleton, state)
+    del skeleton
     model = build_model(config)
     model.load_state_dict(state, strict=True)
     return model.to(device) if device is not None else model
@@ -299,6 +364,14 @@ def convert_official_checkpoint(path: str | os.PathLike, *, clip: ClipConfig | N
     model = build_model(config)
     ours, report = convert_official_state_dict(state, model.state_dict())
     if not report.complete:
-        raise ValueError(f"{path}: checkpoint does not fit the model:\n  " + "\n  ".join(report.lines()))
+        def first(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+        parts = ([f"{len(report.unmapped)} of its keys map to nothing in our model ({first(report.unmapped)})"]
+                 if report.unmapped else []) + (
+            [f"{len(report.missing)} of our model's keys are not in it ({first(report.missing)})"]
+            if report.missing else [])
+        raise ValueError(f"{path}: not an SSA checkpoint of the authors' code, or of another architecture: "
+                         + "; ".join(parts))
     model.load_state_dict(ours, strict=True)
     return model, report

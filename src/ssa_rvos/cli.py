@@ -6,9 +6,12 @@ Every command reports bad input as one line on stderr and exits non-zero, withou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -413,16 +416,20 @@ def _read_texts_file(path: str) -> list[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UsageError(f"--texts-file {p}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    from .text import is_blank
+
+    return [line.strip() for line in text.splitlines() if not is_blank(line)]
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     import warnings
 
+    from .text import is_blank
+
     texts = list(args.text or [])
     for t in texts:
-        if not t.strip():
-            raise UsageError(f"--text {t!r}: an empty expression")
+        if is_blank(t):
+            raise UsageError(f"--text {t!r}: an empty expression (nothing but whitespace or invisible characters)")
     if args.texts_file:
         texts += _read_texts_file(args.texts_file)
     if not texts:
@@ -632,6 +639,32 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, schedulers and torchrun send) turned into the same unwinding as Ctrl-C:
+    every ``finally`` and ``except BaseException`` cleanup runs, so temporary files are removed."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Handle SIGTERM like SIGINT while a command runs (main thread only; the previous handler comes back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(message: str) -> str:
+    return message.strip().splitlines()[0] if message.strip() else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -639,19 +672,33 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # KEY=VALUE changes placed after an option such as --output-dir
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    prefix = f"ssa-rvos {args.command}: error:"
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except UsageError as e:
         _close_progress_bars()
-        print(f"ssa-rvos {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prefix} {e}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as e:
         _close_progress_bars()
-        print(f"ssa-rvos {args.command}: error: {e}".splitlines()[0], file=sys.stderr)
+        print(f"{prefix} {_one_line(str(e))}", file=sys.stderr)
         return 1
+    except Terminated:
+        _close_progress_bars()
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
+        _close_progress_bars()
+        if os.environ.get("SSA_RVOS_TRACEBACK"):
+            raise
+        print(f"{prefix} {type(e).__name__}: {_one_line(str(e)) or 'no message'} (unexpected; "
+              "SSA_RVOS_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

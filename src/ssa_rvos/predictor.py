@@ -53,6 +53,7 @@ from .data.transforms import TEST_MAX_LONG, resize_frames, test_resize_shape
 from .modeling.ssa import foreground_probability
 from .postprocess import SELECTIONS, mask_scores, query_masks, select_queries
 from .runtime import resolve_device
+from .text import is_blank
 
 __all__ = ["DEFAULT_SHORT_SIDE", "ExpressionResult", "FrameResult", "Propagation", "SSAPredictor", "VideoState",
            "resolve_device"]
@@ -360,8 +361,8 @@ class SSAPredictor:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"expression {i} must be a str, got {type(text).__name__}")
-            if not text.strip():
-                raise ValueError(f"expression {i} ({text!r}) is empty or only whitespace")
+            if is_blank(text):
+                raise ValueError(f"expression {i} ({text!r}) is empty: only whitespace or invisible characters")
         return texts
 
     def segment(self, state: VideoState, texts: str | Sequence[str], *, progress: bool = False) -> list[ExpressionResult]:

@@ -21,7 +21,8 @@ from PIL import Image
 
 from ..text import clean_sentence as clean_expression
 
-__all__ = ["DatasetError", "Expression", "VideoExpressionDataset", "clean_expression", "list_frames", "read_json"]
+__all__ = ["DatasetError", "Expression", "VideoExpressionDataset", "clean_expression", "list_frames", "read_json",
+           "safe_name"]
 
 FRAME_SUFFIX = ".jpg"
 
@@ -96,6 +97,22 @@ def check_frames_agree(listed: Sequence[str], on_disk: Sequence[str], *, meta_pa
                            f"{video_dir / (extra[0] + FRAME_SUFFIX)} ({len(extra)} frames on disk not listed)")
 
 
+def safe_name(value, *, where: str, what: str) -> str:
+    """``value`` if it is one safe path component, else a :class:`DatasetError` naming ``where`` (the file)
+    and ``what`` (the key): names from dataset files (videos, expression ids, frames) become folder and file
+    names of predictions, so ``../x``, an absolute path or a separator would write outside the output.
+
+    Safe: a non-empty str, not ``.`` or ``..``, without ``/`` or ``\\``, NUL or other control characters.
+    """
+    if not isinstance(value, str):
+        raise DatasetError(f"{where}: {what} {value!r} must be a string")
+    if value in ("", ".", "..") or "/" in value or "\\" in value or any(
+            ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise DatasetError(f"{where}: {what} {value!r} is not a safe name (expected one file-name component: "
+                           "not empty, '.' or '..', no '/' or '\\', no control characters)")
+    return value
+
+
 def require_dir(path: Path, expected: str) -> None:
     if not path.is_dir():
         raise DatasetError(f"{path}: folder not found (expected {expected})")
@@ -128,6 +145,15 @@ class VideoExpressionDataset:
     # ------------------------------------------------------------------------------------- listing
 
     def _set_expressions(self, expressions: list[Expression], video_frames: dict[str, tuple[str, ...]]) -> None:
+        # Every name that becomes a path component of a prediction is checked here, for every reader.
+        where = self._describe()
+        for video, frames in video_frames.items():
+            safe_name(video, where=where, what="video")
+            for frame in frames:
+                safe_name(frame, where=where, what=f"frame of video {video!r}")
+        for expr in expressions:
+            safe_name(expr.video, where=where, what="video")
+            safe_name(expr.exp_id, where=where, what=f"expression id of video {expr.video!r}")
         self.expressions = list(expressions)
         self._video_frames = {v: tuple(video_frames[v]) for v in sorted(video_frames)}
         self._by_video = {v: [] for v in self._video_frames}

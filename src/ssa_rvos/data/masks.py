@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import atomic_write
-from .expressions import DatasetError, list_frames, read_json
+from .expressions import DatasetError, list_frames, read_json, safe_name
 
 
 def _davis_palette() -> list[int]:
@@ -55,19 +55,68 @@ def rle_encode(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def _compressed_counts(counts: bytes) -> np.ndarray:
+    """The run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString`` format: each count in
+    5-bit groups with a continuation bit, a sign bit in the last group, counts from the third on stored as
+    differences to the count two before), decoded to validate it before pycocotools reads it."""
+    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if (c < 0).any() or (c > 63).any():
+        raise ValueError("RLE counts string has characters outside the COCO alphabet")
+    last = (c & 0x20) == 0  # the last 5-bit group of a count
+    if not last[-1]:
+        raise ValueError("RLE counts string is truncated")
+    group = np.concatenate([[0], np.cumsum(last)[:-1]])  # which count each character belongs to
+    starts = np.concatenate([[0], np.flatnonzero(last)[:-1] + 1])
+    k = np.arange(c.size) - starts[group]  # position of the character within its count
+    if k.max() > 11:
+        raise ValueError("RLE counts string holds a count too large to be real")
+    raw = np.zeros(int(group[-1]) + 1, dtype=np.int64)
+    np.add.at(raw, group, (c & 0x1F) << (5 * k))
+    negative = last & ((c & 0x10) != 0)
+    raw[group[negative]] -= np.left_shift(1, 5 * (k[negative] + 1))
+    out = raw.copy()
+    out[2::2] = np.cumsum(raw[2::2])  # from the third count on: a difference to the count two before
+    out[3::2] = raw[1] + np.cumsum(raw[3::2]) if raw.size > 3 else out[3::2]
+    return out
+
+
 def rle_decode(rle: dict) -> np.ndarray:
-    """COCO RLE (compressed ``counts`` as str or bytes, or uncompressed list counts) -> (H, W) bool."""
+    """COCO RLE (compressed ``counts`` as str or bytes, or uncompressed list counts) -> (H, W) bool.
+
+    The counts must cover exactly H x W pixels (pycocotools would otherwise decode uninitialised memory
+    for a short RLE): a ValueError says what is wrong.
+    """
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("an RLE must be a dict with 'size' and 'counts'")
-    mask_api = _mask_api()
-    size = [int(s) for s in rle["size"]]
+    size = rle["size"]
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)):
+        raise ValueError(f"RLE 'size' must be [height, width] (two non-negative integers), got {size!r}")
+    size = [int(v) for v in size]
     counts = rle["counts"]
+    mask_api = _mask_api()
     if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            raise ValueError("RLE 'counts' must be non-negative integers")
         if sum(counts) != size[0] * size[1]:
-            raise ValueError(f"RLE counts sum to {sum(counts)}, expected {size[0]}x{size[1]}")
+            raise ValueError(f"RLE counts sum to {sum(counts)}, expected {size[0]}x{size[1]} = {size[0] * size[1]}")
         compact = mask_api.frPyObjects({"size": size, "counts": counts}, size[0], size[1])
+    elif isinstance(counts, (str, bytes)):
+        try:
+            data = counts.encode("ascii") if isinstance(counts, str) else counts
+        except UnicodeEncodeError:
+            raise ValueError("RLE 'counts' string is not ASCII (expected a COCO compressed RLE)") from None
+        runs = _compressed_counts(data)
+        if (runs < 0).any():
+            raise ValueError("RLE counts string decodes to a negative run length")
+        if int(runs.sum()) != size[0] * size[1]:
+            raise ValueError(f"RLE counts sum to {int(runs.sum())}, expected {size[0]}x{size[1]} = "
+                             f"{size[0] * size[1]}")
+        compact = {"size": size, "counts": data}
     else:
-        compact = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        raise ValueError(f"RLE 'counts' must be a string or a list of integers, got {type(counts).__name__}")
     return mask_api.decode(compact).astype(bool)
 
 
@@ -154,12 +203,20 @@ def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.Pat
         raise DatasetError(f"{meta_path}: no video {missing[0]!r}")
     from tqdm import tqdm
 
+    # Every name that becomes part of an output path, checked before anything is written.
+    for video, entry in items:
+        safe_name(video, where=str(meta_path), what="video")
+        if not isinstance(entry, dict) or not isinstance(entry.get("frames"), list) or not isinstance(
+                entry.get("expressions"), dict):
+            raise DatasetError(f"{meta_path}: video {video!r} needs 'frames' and 'expressions'")
+        for frame in entry["frames"]:
+            safe_name(frame, where=str(meta_path), what=f"frame of video {video!r}")
+        for exp_id in entry["expressions"]:
+            safe_name(exp_id, where=str(meta_path), what=f"expression id of video {video!r}")
     written = 0
     for video, entry in tqdm(items, desc="masks", unit="video", disable=not progress):
         frames = entry.get("frames")
         exps = entry.get("expressions")
-        if not isinstance(frames, list) or not isinstance(exps, dict):
-            raise DatasetError(f"{meta_path}: video {video!r} needs 'frames' and 'expressions'")
         size = None
         for exp in exps.values():
             for anno in exp.get("anno_id", []):
@@ -183,7 +240,10 @@ def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.Pat
                 for t, rle in enumerate(rles):
                     if not rle:
                         continue
-                    m = rle_decode(rle)
+                    try:
+                        m = rle_decode(rle)
+                    except (ValueError, TypeError) as e:
+                        raise DatasetError(f"{mask_dict_path}: anno_id {anno} frame {frames[t]!r}: {e}") from None
                     if size is not None and m.shape != size:
                         raise DatasetError(f"{mask_dict_path}: anno_id {anno} frame {frames[t]!r} is {m.shape}, "
                                            f"expected {size} (video {video!r}, expression {exp_id})")

@@ -29,6 +29,7 @@ from .expressions import (
     read_json,
     require_dir,
     require_file,
+    safe_name,
 )
 from .masks import rle_decode
 
@@ -81,12 +82,15 @@ class MeViS(VideoExpressionDataset):
         expressions: list[Expression] = []
         video_frames: dict[str, tuple[str, ...]] = {}
         for video in sorted(videos):
+            safe_name(video, where=str(path), what="video")
             entry = videos[video]
             if not isinstance(entry, dict):
                 raise DatasetError(f"{path}: video {video!r} must be an object with 'frames' and 'expressions'")
             listed = entry.get("frames")
             if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
                 raise DatasetError(f"{path}: video {video!r} needs 'frames', a list of frame names")
+            for frame in listed:
+                safe_name(frame, where=str(path), what=f"frame of video {video!r}")
             exps = entry.get("expressions")
             if not isinstance(exps, dict):
                 raise DatasetError(f"{path}: video {video!r} needs 'expressions', an object {{exp_id: ...}}")
@@ -97,6 +101,7 @@ class MeViS(VideoExpressionDataset):
             frames = tuple(sorted(listed))
             video_frames[video] = frames
             for exp_id, e in exps.items():
+                safe_name(exp_id, where=str(path), what=f"expression id of video {video!r}")
                 where = f"{path}: video {video!r}, expression {exp_id}"
                 if not isinstance(e, dict) or not isinstance(e.get("exp"), str):
                     raise DatasetError(f"{where}: needs 'exp', the sentence")

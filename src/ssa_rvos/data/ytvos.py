@@ -39,6 +39,7 @@ from .expressions import (
     read_json,
     require_dir,
     require_file,
+    safe_name,
 )
 from .masks import read_label_png
 
@@ -100,6 +101,7 @@ class RefYouTubeVOS(VideoExpressionDataset):
         expressions: list[Expression] = []
         video_frames: dict[str, tuple[str, ...]] = {}
         for video in names:
+            safe_name(video, where=str(path), what="video")
             entry = videos[video]
             if not isinstance(entry, dict) or not isinstance(entry.get("expressions"), dict):
                 raise DatasetError(f"{path}: video {video!r} needs 'expressions', an object {{exp_id: ...}}")
@@ -115,6 +117,7 @@ class RefYouTubeVOS(VideoExpressionDataset):
             frames = tuple(on_disk)
             video_frames[video] = frames
             for exp_id, e in entry["expressions"].items():
+                safe_name(exp_id, where=str(path), what=f"expression id of video {video!r}")
                 where = f"{path}: video {video!r}, expression {exp_id}"
                 if not isinstance(e, dict) or not isinstance(e.get("exp"), str):
                     raise DatasetError(f"{where}: needs 'exp', the sentence")

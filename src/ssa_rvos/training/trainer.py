@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..build import build_model
-from ..checkpoint import official_to_ours, read_checkpoint, save_model, unreadable_reason
+from ..checkpoint import check_weights, official_to_ours, read_checkpoint, save_model, unreadable_reason
 from ..fileio import atomic_dir, atomic_write_text, remove_temporaries
 from ..modeling import SSA
 from ..runtime import DistEnv, setup_distributed
@@ -367,12 +367,19 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model: SSA, opt
             "rng": _rng_state(),
             "config": config.to_dict(),
         }
-        torch.save(state, tmp / STATE_FILE)
+        try:
+            torch.save(state, tmp / STATE_FILE)
+        except RuntimeError as e:  # torch reports a full disk as "unexpected pos ..."
+            raise OSError(f"{final}: cannot write the training state ({str(e).splitlines()[0]})") from None
     atomic_write_text(root / LATEST, final.name + "\n")
     if keep_last > 0:
         for _, old in _checkpoint_dirs(Path(output_dir))[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint folder whose files cannot be read (truncated by a kill or a full disk)."""
 
 
 def load_checkpoint(path: str | os.PathLike, *, model: SSA, optimizer: torch.optim.Optimizer | None = None,
@@ -381,13 +388,21 @@ def load_checkpoint(path: str | os.PathLike, *, model: SSA, optimizer: torch.opt
     """Restore a checkpoint folder into ``model`` (strict) and the optional trainer parts; returns the
     saved state (``step``, ``config``, ...)."""
     path = Path(path)
-    _, weights = read_checkpoint(path / MODEL_FILE)
-    model.load_state_dict(weights, strict=True)
+    try:
+        _, weights = read_checkpoint(path / MODEL_FILE)
+    except ValueError as e:
+        raise DamagedCheckpoint(str(e)) from None
+    try:
+        check_weights(path / MODEL_FILE, model, weights)
+    except ValueError as e:
+        raise ValueError(f"{e} (was the run's model config changed since? resume needs the same architecture)") from None
     state_file = path / STATE_FILE
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for damaged files
-        raise ValueError(f"{state_file}: not a readable training state ({unreadable_reason(state_file, e)})") from None
+        raise DamagedCheckpoint(f"{state_file}: not a readable training state "
+                                f"({unreadable_reason(state_file, e)})") from None
+    model.load_state_dict(weights, strict=True)
     missing = [k for k in ("step", "optimizer", "scheduler", "rng", "config")
                if not isinstance(state, dict) or k not in state]
     if missing:
@@ -412,6 +427,22 @@ def _config_changes(old: dict, new: dict, where: str = "") -> list[str]:
         elif a != b:
             out.append(f"{dotted}: {a!r} -> {b!r}")
     return out
+
+
+def _resume_from(output_dir: Path, log, **parts) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint that reads back, loaded into ``parts``; a damaged newer one is skipped with a
+    line in the log (a kill or a full disk during its write), so a run can always go on from the last good
+    one. (None, None) when there are no checkpoints; the newest one's error when none reads back."""
+    first_error = None
+    for _, folder in reversed(_checkpoint_dirs(output_dir)):
+        try:
+            return folder, load_checkpoint(folder, **parts)
+        except DamagedCheckpoint as e:
+            first_error = first_error or e
+            log.line(f"skipping a damaged checkpoint: {e}; trying the one before it")
+    if first_error is not None:  # checkpoints, none readable: an error, not a silent restart from step 0
+        raise first_error
+    return None, None
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -496,9 +527,9 @@ def train(config: TrainConfig, *, resume: bool = False, eval_fn: EvalFn | None =
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
         step = 0
-        found = latest_checkpoint(output_dir) if resume else None
+        found, state = (_resume_from(output_dir, log, model=model, optimizer=optimizer, scheduler=scheduler,
+                                     scaler=scaler) if resume else (None, None))
         if found is not None:
-            state = load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
             step = int(state["step"])
             log.line(f"resumed from {found} (step {step})")
             changes = [c for c in _config_changes(state["config"], config.to_dict()) if not c.startswith("output_dir")]

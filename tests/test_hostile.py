@@ -1,0 +1,316 @@
+"""Hostile and broken inputs: dataset names that would escape the output folder, RLEs that do not cover
+their frame, invisible sentences, damaged model files, SIGTERM. Each ends in one line naming the file
+(and key) at fault and what was expected, writes nothing outside the output folder, and loses nothing."""
+
+import json
+import os
+import pickle
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datagen import write_davis, write_mevis, write_refcoco, write_ytvos
+
+from ssa_rvos.cli import main
+from ssa_rvos.data import MeViS, RefCOCO, RefDAVIS17, RefYouTubeVOS
+from ssa_rvos.data.expressions import DatasetError, Expression, VideoExpressionDataset, safe_name
+from ssa_rvos.data.masks import rle_decode, rle_encode
+
+# every form of a name that is not one safe path component
+ESCAPES = ["../outside", "./../../X", "/abs/path", "a/b", "a\\b", ".", "..", "", "a\x00b", "tab\there", "line\nbreak"]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "%|" not in line]  # progress bars aside
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+# ------------------------------------------------------------------------------------- path components
+
+
+@pytest.mark.parametrize("name", ESCAPES + ["ok name", "00001", "ünïcode"])
+def test_safe_name_accepts_one_component_only(name):
+    if name in ESCAPES:
+        with pytest.raises(DatasetError, match=r"meta\.json: video .* is not a safe name"):
+            safe_name(name, where="meta.json", what="video")
+    else:
+        assert safe_name(name, where="meta.json", what="video") == name
+
+
+def _rename_key(d: dict, old: str, new: str) -> None:
+    d[new] = d.pop(old)
+
+
+@pytest.mark.parametrize("key", ["video", "exp_id", "frame"])
+@pytest.mark.parametrize("name", ESCAPES)
+def test_mevis_reader_refuses_unsafe_names(tmp_path, key, name):
+    write_mevis(tmp_path, "valid")
+    meta_path = tmp_path / "valid" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video = sorted(meta["videos"])[0]
+    entry = meta["videos"][video]
+    if key == "video":
+        _rename_key(meta["videos"], video, name)
+    elif key == "exp_id":
+        _rename_key(entry["expressions"], sorted(entry["expressions"])[0], name)
+    else:
+        entry["frames"][0] = name
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="is not a safe name") as info:
+        MeViS(tmp_path, "valid")
+    assert str(meta_path) in str(info.value)
+
+
+@pytest.mark.parametrize("reader, writer", [(RefYouTubeVOS, write_ytvos), (RefDAVIS17, write_davis)])
+@pytest.mark.parametrize("key", ["video", "exp_id"])
+@pytest.mark.parametrize("name", ["../outside", "/abs", ".", ""])
+def test_ytvos_and_davis_readers_refuse_unsafe_names(tmp_path, reader, writer, key, name):
+    writer(tmp_path)
+    meta_path = tmp_path / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video = sorted(v for v in meta["videos"] if (tmp_path / "valid" / "JPEGImages" / v).is_dir())[0]
+    if key == "video":
+        _rename_key(meta["videos"], video, name)
+    else:
+        exps = meta["videos"][video]["expressions"]
+        _rename_key(exps, sorted(exps)[0], name)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="is not a safe name") as info:
+        reader(tmp_path, "valid")
+    assert str(meta_path) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/x", ".."])
+def test_refcoco_reader_refuses_an_unsafe_sentence_id(tmp_path, name):
+    info = write_refcoco(tmp_path)
+    refs = info["refs"]
+    refs[0]["sentences"][0]["sent_id"] = name
+    with open(tmp_path / "refcoco" / "refs(unc).p", "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    with pytest.raises(DatasetError, match="is not a safe name"):
+        RefCOCO(tmp_path, "refcoco", "unc", refs[0]["split"])
+
+
+def test_every_reader_checks_names_in_the_base_class(tmp_path):
+    """The check in VideoExpressionDataset covers the readers whose names come from elsewhere (A2D and
+    JHMDB read theirs from CSV files and folders)."""
+
+    class Reader(VideoExpressionDataset):
+        name = "test"
+
+        def __init__(self, video, exp_id, frame):
+            super().__init__(tmp_path, "x")
+            self._set_expressions([Expression(dataset="test", split="x", video=video, exp_id=exp_id, text="t",
+                                              raw_text="t", frames=(frame,), obj_ids=())], {video: (frame,)})
+
+    Reader("v", "0", "00000")
+    for args in (("../v", "0", "00000"), ("v", "../0", "00000"), ("v", "0", "/00000")):
+        with pytest.raises(DatasetError, match="is not a safe name"):
+            Reader(*args)
+
+
+def test_predict_on_a_hostile_split_writes_nothing_anywhere(tmp_path, capsys):
+    from ssa_rvos.pretrained import resolve_weights
+
+    root = tmp_path / "data"
+    write_mevis(root, "valid")
+    meta_path = root / "valid" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video = sorted(meta["videos"])[0]
+    _rename_key(meta["videos"][video]["expressions"], "0", "./../../X")
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "a" / "b" / "pred"
+    before = files_under(tmp_path)
+    code = main(["predict", "--dataset", "mevis", "--root", str(root), "--split", "valid", "--model",
+                 str(resolve_weights(None)), "-o", str(out)])
+    line = one_error_line(capsys)
+    assert code == 1 and str(meta_path) in line and "'./../../X' is not a safe name" in line
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("exp_id", ["/tmp/ssa-rvos-escape-test", "../../../../X", "."])
+def test_masks_to_png_refuses_unsafe_names_before_writing(tmp_path, capsys, exp_id):
+    write_mevis(tmp_path / "data", "valid_u")
+    meta_path = tmp_path / "data" / "valid_u" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video = sorted(meta["videos"])[1]
+    _rename_key(meta["videos"][video]["expressions"], "0", exp_id)
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "out"
+    before = files_under(tmp_path)
+    assert main(["masks", "to-png", str(tmp_path / "data" / "valid_u" / "mask_dict.json"), "-o", str(out)]) == 1
+    assert "is not a safe name" in one_error_line(capsys)
+    assert files_under(tmp_path) == before and not Path("/tmp/ssa-rvos-escape-test").exists()
+
+
+# ------------------------------------------------------------------------------------------------- RLE
+
+
+def test_an_rle_that_covers_less_than_its_size_is_refused():
+    short = rle_encode(np.zeros((8, 8), dtype=bool))
+    short["size"] = [512, 512]
+    with pytest.raises(ValueError, match=r"RLE counts sum to 64, expected 512x512"):
+        rle_decode(short)
+    with pytest.raises(ValueError, match="counts sum to 3"):
+        rle_decode({"size": [2, 2], "counts": [1, 2]})
+    for bad, needle in (({"size": [2, 2], "counts": 5}, "must be a string or a list"),
+                        ({"size": [2, -2], "counts": "0"}, "two non-negative integers"),
+                        ({"size": [2, 2], "counts": "é"}, "not ASCII"),
+                        ({"size": [2, 2], "counts": [1, "3"]}, "non-negative integers")):
+        with pytest.raises(ValueError, match=needle):
+            rle_decode(bad)
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # every real RLE still decodes to its mask
+        m = rng.random(tuple(rng.integers(1, 40, 2))) < rng.random()
+        assert np.array_equal(rle_decode(rle_encode(m)), m)
+
+
+def test_evaluate_refuses_ground_truth_with_a_short_rle(tmp_path, capsys):
+    info = write_mevis(tmp_path / "data", "valid_u")
+    path = tmp_path / "data" / "valid_u" / "mask_dict.json"
+    masks = json.loads(path.read_text())
+    anno = next(a for a, rles in masks.items() if any(rles))
+    t = next(i for i, r in enumerate(masks[anno]) if r)
+    h, w = masks[anno][t]["size"]
+    short = rle_encode(np.zeros((2, 2), dtype=bool))
+    masks[anno][t] = {"size": [h, w], "counts": short["counts"]}
+    path.write_text(json.dumps(masks))
+    pred = tmp_path / "pred"
+    for e in info["expressions"]:
+        (pred / e["video"] / e["exp_id"]).mkdir(parents=True)
+    assert main(["evaluate", "--dataset", "mevis", "--root", str(tmp_path / "data"), "--predictions", str(pred)]) == 1
+    line = one_error_line(capsys)
+    assert str(path) in line and f"anno_id {anno}" in line and "counts sum to 4" in line
+
+
+# ----------------------------------------------------------------------------------------- sentences
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\u2060\ufeff", "\u3000 \u00a0", "\u200e"])
+def test_an_invisible_sentence_is_an_empty_one(segment_model, tmp_path, capsys, text):
+    _, checkpoint = segment_model
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(frames / "0.png")
+    code = main(["segment", str(frames), "--text", text, "-o", str(tmp_path / "out"), "--model", str(checkpoint)])
+    assert code == 2 and "an empty expression" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_long_sentence_is_shortened_in_the_summary(segment_model, tmp_path, capsys):
+    _, checkpoint = segment_model
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(frames / "0.png")
+    text = "the cat " * 1250  # 10,000 characters
+    assert main(["segment", str(frames), "--text", text, "-o", str(tmp_path / "out"), "--model", str(checkpoint),
+                 "--quiet"]) == 0
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert summary.startswith("[0] 'the cat the cat") and len(summary) < 200
+
+
+# --------------------------------------------------------------------------------------- model files
+
+
+def _damaged_models(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a damaged copy of ``checkpoint``, what its error line must say)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        meta = dict(f.metadata())
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    from ssa_rvos.checkpoint import CONFIG_KEY as key
+
+    config = json.loads(meta[key])
+    first = sorted(k for k in state if state[k].is_floating_point() and state[k].dim() == 2)[0]
+
+    def write(name, state=state, config=config):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(state, str(path), metadata={**meta, key: json.dumps(config)})
+        return path
+
+    out = {}
+    out["wrong shape"] = (write("shape", {**state, first: torch.zeros(3, 3)}), "of another shape")
+    out["missing key"] = (write("missing", {k: v for k, v in state.items() if k != first}), "1 missing")
+    out["extra key"] = (write("extra", {**state, "extra.weight": torch.zeros(2)}), "1 unexpected")
+    out["wrong type"] = (write("type", config={**config, "hidden_dim": "wide"}), "model.hidden_dim")
+    out["negative size"] = (write("negative", config={**config, "num_queries": -5}), "buildable model")
+    out["huge"] = (write("huge", config={**config, "hidden_dim": 2**20}), "GiB of weights, more than")
+    out["NaN"] = (write("nan", {**state, first: torch.full_like(state[first], float("nan"))}), "NaN or infinite")
+    bad_json = tmp_path / "json.safetensors"
+    save_file(state, str(bad_json), metadata={**meta, key: "{not json"})
+    out["bad JSON"] = (bad_json, "not valid JSON")
+    return out
+
+
+def test_damaged_model_files_are_one_line_naming_the_file(segment_model, tmp_path, capsys):
+    _, checkpoint = segment_model
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(frames / "0.png")
+    for what, (path, needle) in _damaged_models(tmp_path, checkpoint).items():
+        code = main(["segment", str(frames), "--text", "a cat", "-o", str(tmp_path / "out"), "--model", str(path)])
+        line = one_error_line(capsys)
+        assert code == 1 and str(path) in line and needle in line, (what, line)
+        assert not (tmp_path / "out").exists(), what
+
+
+# -------------------------------------------------------------------------------------------- signals
+
+
+def test_sigterm_cleans_up_like_ctrl_c(segment_model, tmp_path, capsys, monkeypatch):
+    import ssa_rvos.outputs as outputs
+
+    _, checkpoint = segment_model
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(frames / f"{i}.png")
+    real, calls = outputs.write_mask_png, []
+
+    def write_then_terminated(path, mask):
+        calls.append(path)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `timeout` or a scheduler sends
+        real(path, mask)
+
+    monkeypatch.setattr(outputs, "write_mask_png", write_then_terminated)
+    handler = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    code = main(["segment", str(frames), "--text", "a", "-o", str(out), "--model", str(checkpoint), "--overlay",
+                 "--quiet"])
+    assert code == 143 and capsys.readouterr().err.strip() == "terminated"
+    assert list(out.iterdir()) == []  # no partial folder, overlay or JSON left
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handler is the caller's again
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import ssa_rvos.cli as cli
+
+    def boom(args):
+        raise KeyError("some internal key")
+
+    monkeypatch.setattr(cli, "cmd_info", boom)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(func=boom)
+    assert main(["info"]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith("ssa-rvos info: error: KeyError: 'some internal key'") and "SSA_RVOS_TRACEBACK" in line
