@@ -314,3 +314,144 @@ def test_an_unexpected_error_is_one_line_not_a_traceback(tmp_path, capsys, monke
     assert main(["info"]) == 1
     line = one_error_line(capsys)
     assert line.startswith("ssa-rvos info: error: KeyError: 'some internal key'") and "SSA_RVOS_TRACEBACK" in line
+
+
+# -------------------------------------------------------------------------------- zips and big images
+
+
+def _bomb_png(path: Path, side: int = 100_000) -> Path:
+    """A tiny PNG whose header claims ``side`` x ``side`` pixels (CRC fixed, so only the size is wrong)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"IHDR")
+    data[at + 4:at + 12] = struct.pack(">II", side, side)
+    data[at + 17:at + 21] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _mask_png_bytes(size) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros(size, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _patch_entry(path: Path, name: str, *, method: int | None = None, encrypted: bool = False) -> None:
+    """Set the compression method of entry ``name``, or its "encrypted" flag, in its local header and its
+    central-directory record (zipfile itself writes neither)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        offset = zf.getinfo(name).header_offset
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    while central >= 0:
+        n = struct.unpack("<H", data[central + 28:central + 30])[0]
+        if data[central + 46:central + 46 + n].decode() == name:
+            break
+        central = data.find(b"PK\x01\x02", central + 4)
+    for header, flags, comp in ((offset, 6, 8), (central, 8, 10)):
+        if method is not None:
+            data[header + comp:header + comp + 2] = struct.pack("<H", method)
+        if encrypted:
+            data[header + flags] |= 0x1
+    path.write_bytes(bytes(data))
+
+
+def test_submit_check_lists_broken_zip_entries_as_problems(tmp_path, capsys):
+    import zipfile
+
+    info = write_mevis(tmp_path / "data", "valid")
+    entries = [(f"{e['video']}/{e['exp_id']}/{f}.png", tuple(info["videos"][e["video"]]["size"]))
+               for e in info["expressions"] for f in e["frames"]]
+    zpath = tmp_path / "sub.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_STORED) as zf:
+        for k, (name, size) in enumerate(entries):
+            if k == 2:  # declares far more bytes than a mask of the frame's size
+                zf.writestr(zipfile.ZipInfo(name), b"\0" * (4 * size[0] * size[1] + 2**21),
+                            compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                zf.writestr(name, _mask_png_bytes(size))
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr(entries[4][0], _mask_png_bytes(entries[4][1]))
+    # a bad CRC: one byte of entry 0's data flipped (stored, so the PNG bytes sit in the file as they are)
+    data = bytearray(zpath.read_bytes())
+    with zipfile.ZipFile(zpath) as zf:
+        zi = zf.getinfo(entries[0][0])
+    at = zi.header_offset + 30 + len(zi.filename) + len(zi.extra) + 20
+    data[at] ^= 0xFF
+    zpath.write_bytes(bytes(data))
+    _patch_entry(zpath, entries[1][0], encrypted=True)
+    _patch_entry(zpath, entries[3][0], method=99)  # a compression method Python does not have
+    code = main(["submit", "--dataset", "mevis", "--root", str(tmp_path / "data"), "--check", str(zpath)])
+    out = capsys.readouterr().out
+    assert code == 1 and "Traceback" not in out
+    assert f"{entries[0][0]}: cannot be read from the zip (Bad CRC-32" in out
+    assert f"{entries[1][0]}: cannot be read from the zip" in out and "encrypted" in out
+    assert f"{entries[2][0]}: declares" in out and "(not read)" in out
+    assert f"{entries[3][0]}: cannot be read from the zip" in out and "compression method" in out
+    assert f"duplicate entry {entries[4][0]} (2 times" in out
+
+
+def test_a_decompression_bomb_png_is_one_line_naming_it(tmp_path, capsys, segment_model):
+    _, checkpoint = segment_model
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    bomb = _bomb_png(frames / "00000.png")
+    code = main(["segment", str(frames), "--text", "a cat", "-o", str(tmp_path / "out"), "--model", str(checkpoint)])
+    line = one_error_line(capsys)
+    assert code == 1 and str(bomb) in line and "not a readable image" in line
+
+    info = write_mevis(tmp_path / "data", "valid_u")
+    e = info["expressions"][0]
+    pred = tmp_path / "pred" / e["video"] / e["exp_id"]
+    pred.mkdir(parents=True)
+    _bomb_png(pred / f"{e['frames'][0]}.png")
+    assert main(["evaluate", "--dataset", "mevis", "--root", str(tmp_path / "data"), "--predictions",
+                 str(tmp_path / "pred")]) == 1
+    line = one_error_line(capsys)
+    assert f"{e['frames'][0]}.png: not a readable image" in line and "exceeds limit" in line
+    assert main(["masks", "to-json", str(tmp_path / "pred"), "-o", str(tmp_path / "m.json")]) == 1
+    assert "not a readable image" in one_error_line(capsys) and not (tmp_path / "m.json").exists()
+
+
+def test_convert_names_a_binary_clip_config(fixtures_dir, tmp_path, capsys):
+    binary = tmp_path / "config.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    code = main(["convert", str(fixtures_dir / "official-tiny" / "official_tiny.pth"), "-o", str(tmp_path / "m.safetensors"),
+                 "--clip-config", str(binary)])
+    line = one_error_line(capsys)
+    assert code == 2 and f"--clip-config {binary}: not a text file" in line and "codec" not in line
+
+
+def test_convert_says_in_one_line_why_a_checkpoint_does_not_fit(fixtures_dir, tmp_path, capsys):
+    import json as _json
+
+    source = fixtures_dir / "official-tiny"
+    ckpt = torch.load(source / "official_tiny.pth", map_location="cpu", weights_only=True)
+    state = ckpt["model"]
+    dropped = sorted(k for k in state if k.startswith("sem_seg_head.predictor."))[:2]
+    for k in dropped:
+        del state[k]
+    state["some.new.module.weight"] = torch.zeros(2)
+    torch.save(ckpt, tmp_path / "other.pth")
+    clip_config = tmp_path / "clip.json"
+    clip_config.write_text(_json.dumps(_json.loads((source / "meta.json").read_text())["clip_config"]))
+    code = main(["convert", str(tmp_path / "other.pth"), "-o", str(tmp_path / "m.safetensors"), "--clip-model",
+                 "convnext_tinyfix", "--clip-config", str(clip_config)])
+    line = one_error_line(capsys)
+    assert code == 1 and str(tmp_path / "other.pth") in line
+    assert "1 of its keys map to nothing in our model (some.new.module.weight)" in line
+    assert "2 of our model's keys are not in it" in line and not (tmp_path / "m.safetensors").exists()

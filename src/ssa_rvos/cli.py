@@ -125,6 +125,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.clip_config:
         try:
             arch = json.loads(Path(args.clip_config).read_text())
+        except UnicodeDecodeError:
+            raise UsageError(f"--clip-config {args.clip_config}: not a text file (expected an open_clip model "
+                             "config, JSON)") from None
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"--clip-config {args.clip_config}: not a readable JSON file ({e})") from None
         if isinstance(arch, dict):

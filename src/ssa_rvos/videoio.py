@@ -143,7 +143,7 @@ class _ImageFiles(VideoInput):
                     hw = (im.height, im.width)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: no such file") from None
-            except OSError as e:
+            except (OSError, Image.DecompressionBombError) as e:
                 raise VideoError(f"{path}: not a readable image ({e})") from None
             if size is None:
                 size = hw
@@ -163,7 +163,7 @@ class _ImageFiles(VideoInput):
                     image = _to_rgb(im)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: no such file (removed while reading?)") from None
-            except OSError as e:
+            except (OSError, Image.DecompressionBombError) as e:
                 raise VideoError(f"{path}: not a readable image ({e})") from None
             if image.shape[:2] != self.size:
                 raise VideoError(f"{path}: frame size changed while reading")

@@ -225,7 +225,7 @@ class VideoExpressionDataset:
                     w, h = im.size
             except FileNotFoundError:
                 raise DatasetError(f"{path}: frame file not found (video {video!r}, frame {first!r})") from None
-            except OSError as e:
+            except (OSError, Image.DecompressionBombError) as e:
                 raise DatasetError(f"{path}: not a readable image (video {video!r}, frame {first!r}: {e})") from None
             self._sizes[video] = (int(h), int(w))
         return self._sizes[video]
@@ -246,7 +246,7 @@ class VideoExpressionDataset:
                     arr = np.asarray(im.convert("RGB"))
             except FileNotFoundError:
                 raise DatasetError(f"{path}: frame file not found (video {video!r}, frame {frame!r})") from None
-            except OSError as e:
+            except (OSError, Image.DecompressionBombError) as e:
                 raise DatasetError(f"{path}: not a readable image (video {video!r}, frame {frame!r}: {e})") from None
             if arr.shape[:2] != (h, w):
                 raise DatasetError(f"{path}: frame is {arr.shape[0]}x{arr.shape[1]} but video {video!r} is {h}x{w} "

@@ -140,7 +140,7 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
                 raise DatasetError(f"{path}: expected a palette or grayscale PNG, got mode {im.mode}")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: not a readable image ({e})") from None
     return arr.astype(np.uint8)
 

@@ -39,8 +39,10 @@ def _check_png(data: bytes, where: str, size: tuple[int, int]) -> str | None:
                 return f"{where}: not a PNG ({im.format})"
             if im.mode not in ("L", "P", "1"):
                 return f"{where}: expected a single-channel PNG, got mode {im.mode}"
+            if (im.size[1], im.size[0]) != tuple(size):  # from the header: nothing decoded yet
+                return f"{where}: {im.size[1]}x{im.size[0]}, the frame is {size[0]}x{size[1]}"
             arr = np.array(im.convert("L") if im.mode == "1" else im)
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         return f"{where}: unreadable image ({e})"
     if arr.shape != tuple(size):
         return f"{where}: {arr.shape[0]}x{arr.shape[1]}, the frame is {size[0]}x{size[1]}"
@@ -48,6 +50,11 @@ def _check_png(data: bytes, where: str, size: tuple[int, int]) -> str | None:
     if not set(values.tolist()) <= {0, 255}:
         return f"{where}: not binary 0/255 (values {values[:6].tolist()})"
     return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _expected(dataset) -> list[tuple[str, str, str]]:
@@ -105,7 +112,10 @@ def check_submission(dataset, path: str | os.PathLike, *, progress: bool = False
         raise DatasetError(f"{path}: not a zip file") from None
     problems: list[str] = []
     with zf:
-        names = {n for n in zf.namelist() if not n.endswith("/")}
+        listed = [n for n in zf.namelist() if not n.endswith("/")]
+        names = set(listed)
+        for name in sorted({n for n in listed if listed.count(n) > 1} if len(names) < len(listed) else ()):
+            problems.append(f"duplicate entry {name} ({listed.count(name)} times; a server reads one of them)")
         expected = _expected(dataset)
         wanted = {f"{root}{v}/{e}/{f}.png" for v, e, f in expected}
         present_videos = {n[len(root):].split("/")[0] for n in names if n.startswith(root)}
@@ -134,7 +144,20 @@ def check_submission(dataset, path: str | os.PathLike, *, progress: bool = False
                 continue
             if video not in sizes:
                 sizes[video] = dataset.frame_size(video)
-            problem = _check_png(zf.read(name), name, sizes[video])
+            h, w = sizes[video]
+            info = zf.getinfo(name)
+            limit = 4 * h * w + 2**20  # far above any PNG of the frame's size (RGBA, no compression)
+            if info.file_size > limit:
+                problems.append(f"{name}: declares {info.file_size:,} bytes uncompressed, more than a {h}x{w} "
+                                f"mask can take (not read)")
+                continue
+            try:
+                data = zf.read(name)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, OSError) as e:
+                # bad CRC, an encrypted entry (RuntimeError), a compression method Python lacks
+                problems.append(f"{name}: cannot be read from the zip ({_one_line(e)})")
+                continue
+            problem = _check_png(data, name, sizes[video])
             if problem:
                 problems.append(problem)
     return problems

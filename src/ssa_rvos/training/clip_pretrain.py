@@ -192,7 +192,7 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"{path}: frame not found (listed in captions.json)") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image file") from None
-    except OSError as e:  # truncated, damaged
+    except (OSError, Image.DecompressionBombError) as e:  # truncated, damaged
         raise ValueError(f"{path}: not a readable image ({e})") from None
 
 
