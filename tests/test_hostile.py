@@ -455,3 +455,112 @@ def test_convert_says_in_one_line_why_a_checkpoint_does_not_fit(fixtures_dir, tm
     assert code == 1 and str(tmp_path / "other.pth") in line
     assert "1 of its keys map to nothing in our model (some.new.module.weight)" in line
     assert "2 of our model's keys are not in it" in line and not (tmp_path / "m.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------ orientation
+
+
+def _jpeg_with_orientation(path: Path, image: np.ndarray, orientation: int | None) -> None:
+    from PIL import Image
+
+    im = Image.fromarray(image)
+    if orientation is None:
+        im.save(path, quality=95)
+        return
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(path, quality=95, exif=exif.tobytes())
+
+
+def test_exif_orientation_is_applied_so_masks_match_what_the_user_sees(segment_model, tmp_path, capsys):
+    from ssa_rvos.data.masks import read_mask_png
+    from ssa_rvos.videoio import VideoError, open_video
+
+    _, checkpoint = segment_model
+    stored = np.zeros((64, 96, 3), np.uint8)
+    stored[:8, :16] = 255  # top-left as stored; a phone's "rotate 90 clockwise" (6) shows it top-right
+    upright = tmp_path / "upright"
+    upright.mkdir()
+    for i in range(3):
+        _jpeg_with_orientation(upright / f"{i}.jpg", stored, 6)
+    video = open_video(upright)
+    assert video.size == (96, 64)
+    frame = next(video.frames()).image
+    assert frame.shape == (96, 64, 3) and frame[:16, -8:].mean() > 200 and frame[:8, :16].mean() < 50
+    assert main(["segment", str(upright), "--text", "a", "-o", str(tmp_path / "out"), "--model", str(checkpoint),
+                 "--quiet"]) == 0
+    assert read_mask_png(tmp_path / "out" / "0" / "0.png").shape == (96, 64)
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _jpeg_with_orientation(mixed / "0.jpg", stored, 6)
+    _jpeg_with_orientation(mixed / "1.jpg", stored, None)  # the same pixels shown 64x96
+    with pytest.raises(VideoError, match=r"1\.jpg: frame size 64x96 differs from the first frame's 96x64"):
+        open_video(mixed)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], *, rotation: int = 0, pts_ms: list[int] | None = None) -> None:
+    """An mp4 written with PyAV: a display-matrix ``rotation`` (degrees counter-clockwise, as phones
+    store it) and, with ``pts_ms``, each frame's own timestamp (a variable frame rate)."""
+    from fractions import Fraction
+
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if pts_ms is not None:
+            stream.time_base = Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_video_rotation_metadata_is_applied(segment_model, tmp_path):
+    from ssa_rvos.data.masks import read_mask_png
+    from ssa_rvos.videoio import open_video
+
+    _, checkpoint = segment_model
+    stored = np.zeros((64, 96, 3), np.uint8)
+    stored[:8, :16] = 255
+    for rotation, corner in ((90, (slice(-16, None), slice(None, 8))), (-90, (slice(None, 16), slice(-8, None)))):
+        path = tmp_path / f"phone{rotation}.mp4"
+        _write_video(path, [stored] * 3, rotation=rotation)
+        video = open_video(path)
+        frame = next(video.frames()).image
+        assert video.size == (96, 64) and frame.shape == (96, 64, 3)
+        assert frame[corner].mean() > 200 and frame[:8, :16].mean() < 60, rotation  # turned as players show it
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "--text", "a", "-o", str(out), "--model", str(checkpoint), "--overlay",
+                 "--quiet"]) == 0
+    assert read_mask_png(out / "0" / "00000.png").shape == (96, 64)
+    assert open_video(out / "overlay.mp4").size == (96, 64)  # upright pixels, no rotation needed
+
+
+def test_a_variable_frame_rate_overlay_lasts_as_long_as_its_source(segment_model, tmp_path):
+    import av
+
+    _, checkpoint = segment_model
+    pts = [0, 100, 150, 400, 500, 900, 1000, 1300, 1500, 1970]
+    source = tmp_path / "vfr.mp4"
+    _write_video(source, [np.full((48, 64, 3), 20 * i, np.uint8) for i in range(len(pts))], pts_ms=pts)
+    with av.open(str(source)) as c:
+        times = [f.time for f in c.decode(c.streams.video[0])]
+    span = times[-1] - times[0]
+    expected = span + span / (len(times) - 1)  # the last frame shown for the mean frame interval
+    out = tmp_path / "out"
+    assert main(["segment", str(source), "--text", "a", "-o", str(out), "--model", str(checkpoint), "--overlay",
+                 "--quiet"]) == 0
+    with av.open(str(out / "overlay.mp4")) as c:
+        stream = c.streams.video[0]
+        n = sum(1 for _ in c.decode(stream))
+        duration = n / float(stream.average_rate)
+    assert n == len(pts) and abs(duration - expected) < 0.05, (duration, expected)

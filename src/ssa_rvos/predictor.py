@@ -130,9 +130,10 @@ class VideoState:
 
     frame_names / frame_indices: the T selected frames' names (output file stems) and their indices in
     the input; original_size: (H, W) of the input frames (the masks' size); input_size: (h, w) the model
-    sees; frames: the resized frames (:class:`FrameStore`); fps: the input's frame rate divided by
-    ``every`` (None for frame folders and arrays); video / start / end / every: the input and the
-    selection, to read the original frames again (:meth:`original_frames`).
+    sees; frames: the resized frames (:class:`FrameStore`); fps: the selected frames' average rate, from
+    their timestamps (else the input's rate divided by ``every``; None for frame folders and arrays);
+    video / start / end / every: the input and the selection, to read the original frames again
+    (:meth:`original_frames`).
     """
 
     source: str
@@ -328,7 +329,7 @@ class SSAPredictor:
         h, w = test_resize_shape(H, W, short=self.short_side, max_long=self.max_long_side)
         size = (max(1, h), max(1, w))  # an extreme aspect ratio may round a side to 0
         store = FrameStore(size, max_ram_bytes=self.max_ram_bytes)
-        names, indices = [], []
+        names, indices, times = [], [], []
         total = source.num_frames
         if total is not None:
             total = max(0, (min(total, end if end is not None else total) - start + every - 1) // every)
@@ -338,11 +339,16 @@ class SSAPredictor:
                     store.append(resize_frames(frame.image[None], size)[0])
                     names.append(frame.name)
                     indices.append(frame.index)
+                    times.append(getattr(frame, "time", None))
                     bar.update()
         except BaseException:
             store.close()
             raise
         fps = source.fps / every if getattr(source, "fps", None) else None
+        if len(times) > 1 and None not in times and times[-1] > times[0]:
+            # the selected frames' own average rate: a variable-rate video's overlay then lasts as long as
+            # the source did (its nominal rate can be far off)
+            fps = (len(times) - 1) / (times[-1] - times[0])
         return VideoState(source=source.source, frame_names=tuple(names), frame_indices=tuple(indices),
                           original_size=(H, W), input_size=size, frames=store, fps=fps, video=source,
                           start=start, end=end, every=every)

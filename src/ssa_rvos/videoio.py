@@ -29,7 +29,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .fileio import temporary_path
 
@@ -56,11 +56,12 @@ class VideoError(ValueError):
 @dataclass(frozen=True)
 class Frame:
     """One decoded frame: ``index`` in the input, ``name`` (file stem or zero-padded index), ``image``
-    (H, W, 3) uint8 RGB."""
+    (H, W, 3) uint8 RGB; ``time``: its presentation time in seconds (video files; None elsewhere)."""
 
     index: int
     name: str
     image: np.ndarray
+    time: float | None = None
 
 
 def _import_av():
@@ -83,6 +84,16 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if im.mode != "RGB":
         im = im.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, I;16, ...
     return np.asarray(im, dtype=np.uint8)
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _display_size(im: Image.Image) -> tuple[int, int]:
+    """(H, W) of an image as viewers show it: an EXIF orientation of 5-8 (a phone held upright) swaps the
+    stored width and height. Read from the header, nothing decoded."""
+    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    return (im.width, im.height) if orientation in (5, 6, 7, 8) else (im.height, im.width)
 
 
 def _check_selection(start: int, end: int | None, every: int) -> None:
@@ -140,7 +151,7 @@ class _ImageFiles(VideoInput):
             # Only the header is read here: checking thousands of frames stays cheap.
             try:
                 with Image.open(path) as im:
-                    hw = (im.height, im.width)
+                    hw = _display_size(im)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: no such file") from None
             except (OSError, Image.DecompressionBombError) as e:
@@ -160,7 +171,7 @@ class _ImageFiles(VideoInput):
             path = self.paths[i]
             try:
                 with Image.open(path) as im:
-                    image = _to_rgb(im)
+                    image = _to_rgb(ImageOps.exif_transpose(im))  # as a viewer shows it
             except FileNotFoundError:
                 raise FileNotFoundError(f"{path}: no such file (removed while reading?)") from None
             except (OSError, Image.DecompressionBombError) as e:
@@ -193,7 +204,10 @@ class _VideoFile(VideoInput):
             raise VideoError(f"{path}: not a readable video ({_one_line(e)})") from None
         if first is None:
             raise VideoError(f"{path}: the video has no frames")
-        self.size = (first.height, first.width)
+        # A phone video is often stored sideways with a display matrix saying how to turn it: frames are
+        # turned as players show them (PyAV's rotation: degrees counter-clockwise), so masks match the view.
+        self._quarter_turns = round((getattr(first, "rotation", 0) or 0) / 90) % 4
+        self.size = (first.width, first.height) if self._quarter_turns % 2 else (first.height, first.width)
 
     def _open(self):
         av = _import_av()
@@ -232,10 +246,12 @@ class _VideoFile(VideoInput):
                 if i < start or (i - start) % every:
                     continue  # decoded (a stream cannot skip exactly) but never converted or kept
                 image = frame.to_ndarray(format="rgb24")
+                if self._quarter_turns:
+                    image = np.ascontiguousarray(np.rot90(image, k=self._quarter_turns))
                 if image.shape[:2] != self.size:
                     raise VideoError(f"{self.path}: frame {i} is {image.shape[0]}x{image.shape[1]}, the first "
                                      f"was {self.size[0]}x{self.size[1]} (a resolution change mid-stream)")
-                yield Frame(i, f"{i:05d}", image)
+                yield Frame(i, f"{i:05d}", image, frame.time)
 
 
 class _FrameArray(VideoInput):
