@@ -297,7 +297,7 @@ def test_sigterm_cleans_up_like_ctrl_c(segment_model, tmp_path, capsys, monkeypa
     code = main(["segment", str(frames), "--text", "a", "-o", str(out), "--model", str(checkpoint), "--overlay",
                  "--quiet"])
     assert code == 143 and capsys.readouterr().err.strip() == "terminated"
-    assert list(out.iterdir()) == []  # no partial folder, overlay or JSON left
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))  # no staged set, partial folder or video left
     assert signal.getsignal(signal.SIGTERM) == handler  # the handler is the caller's again
 
 
@@ -564,3 +564,112 @@ def test_a_variable_frame_rate_overlay_lasts_as_long_as_its_source(segment_model
         n = sum(1 for _ in c.decode(stream))
         duration = n / float(stream.average_rate)
     assert n == len(pts) and abs(duration - expected) < 0.05, (duration, expected)
+
+
+# ---------------------------------------------------------------------------- one result set or the other
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _frames_folder(tmp_path: Path, n: int = 6) -> Path:
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((24, 32, 3), 30 * (i % 8), np.uint8)).save(frames / f"{i:05d}.png")
+    return frames
+
+
+def test_segment_switches_the_whole_result_set_in_one_step(segment_model, tmp_path, capsys, monkeypatch):
+    import ssa_rvos.fileio as fileio
+    import ssa_rvos.outputs as outputs
+
+    _, checkpoint = segment_model
+    frames = _frames_folder(tmp_path)
+    out = tmp_path / "out"
+    old = ["segment", str(frames), "-t", "one", "-t", "two", "-o", str(out), "--model", str(checkpoint), "--overlay",
+           "--format", "both", "--quiet"]
+    assert main(old) == 0
+    (out / "my_images").mkdir()  # the user's own things in the output folder
+    Image = __import__("PIL.Image", fromlist=["Image"])
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out / "my_images" / "a.png")
+    (out / "notes.txt").write_text("mine")
+    (out / ".hidden").write_text("mine too")
+    before = _snapshot(out)
+    assert {"0", "1", "masks.json", "overlay.mp4"} <= set(before)
+    new = ["segment", str(frames), "-t", "three", "-o", str(out), "--model", str(checkpoint), "--quiet"]
+
+    # A failure at any point before the switch leaves the old set, whole, and nothing staged.
+    def fail(*_, **__):
+        raise OSError(28, "No space left on device")
+
+    for target, name in ((outputs, "write_mask_png"), (outputs, "_carry_over"), (outputs, "exchange_dirs"),
+                         (fileio, "link_tree")):
+        with monkeypatch.context() as m:
+            m.setattr(target, name, fail)
+            if name == "link_tree":
+                m.setattr(outputs, "link_tree", fail)
+            assert main(new) == 1, name
+        assert "No space left on device" in capsys.readouterr().err
+        assert _snapshot(out) == before, name
+        assert not list(tmp_path.glob(".out.*")), name
+
+    assert main(new) == 0
+    summary = capsys.readouterr().out
+    after = _snapshot(out)
+    assert sorted(k for k in after if "/" not in k) == [".hidden", "0", "my_images", "notes.txt"]
+    assert {k: after[k] for k in (".hidden", "notes.txt", "my_images/a.png")} == \
+        {k: before[k] for k in (".hidden", "notes.txt", "my_images/a.png")}
+    reference = tmp_path / "reference"  # the same run into a fresh folder: the switched-in masks are the new run's
+    assert main(["segment", str(frames), "-t", "three", "-o", str(reference), "--model", str(checkpoint),
+                 "--quiet"]) == 0
+    assert {k: v for k, v in after.items() if k.startswith("0/")} == \
+        {f"0/{k[2:]}": v for k, v in _snapshot(reference).items() if k.startswith("0/")}
+    assert "removed from an earlier run: 1/, masks.json, overlay.mp4" in summary
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_segment_into_a_linked_folder_switches_the_folder_and_keeps_the_link(segment_model, tmp_path, capsys):
+    _, checkpoint = segment_model
+    frames = _frames_folder(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "notes.txt").write_text("mine")
+    (tmp_path / "link").symlink_to("real")
+    assert main(["segment", str(frames), "-t", "one", "-o", str(tmp_path / "link"), "--model", str(checkpoint),
+                 "--quiet"]) == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "0").is_dir()
+    assert (tmp_path / "real" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_killed_segment_leaves_the_old_set_and_the_rerun_clears_its_staging(segment_model, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    _, checkpoint = segment_model
+    small = _frames_folder(tmp_path / "small")  # the old set and the rerun: quick
+    long = _frames_folder(tmp_path / "long", n=300)  # the killed run: long enough to be killed while staging
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "ssa_rvos", "segment", "-o", str(out), "--model", str(checkpoint), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    assert subprocess.run(argv + [str(small), "-t", "old"], env=env, capture_output=True, timeout=300).returncode == 0
+    before = _snapshot(out)
+    proc = subprocess.Popen(argv + [str(long), "-t", "new one", "-t", "new two"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.*/1/*.png")) and time.time() < deadline:  # masks are being staged
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait()
+    assert list(tmp_path.glob(".out.*")), "the kill did not land while the new set was being staged"
+    assert _snapshot(out) == before  # the old set, whole
+    done = subprocess.run(argv + [str(small), "-t", "new one", "-t", "new two"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.glob(".out.*")) and sorted(p.name for p in out.iterdir()) == ["0", "1"]
+    assert len(list((out / "1").glob("*.png"))) == 6

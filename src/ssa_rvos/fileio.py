@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_write", "atomic_write_text", "is_temporary", "remove_temporaries", "replace_dir",
-           "temporary_path"]
+__all__ = ["atomic_dir", "atomic_write", "atomic_write_text", "exchange_dirs", "is_temporary", "link_tree",
+           "remove_temporaries", "replace_dir", "temporary_path"]
 
 PARTIAL = ".partial"
 OLD = ".old"
@@ -119,3 +119,58 @@ def remove_temporaries(folder: str | os.PathLike, *, names: Callable[[str], bool
                 entry.unlink(missing_ok=True)
             removed.append(entry.name)
     return removed
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one system call (Linux ``renameat2(RENAME_EXCHANGE)``); False where the C library,
+    the kernel or the file system does not offer it."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def exchange_dirs(new: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Make the folder ``new`` the folder ``final`` in one step; what ``final`` held is then at ``new``
+    (for the caller to remove). Where the system cannot swap two folders atomically, ``final`` is renamed
+    aside first: for that instant it is missing, but never half old and half new."""
+    new, final = Path(new), Path(final)
+    if not final.exists():
+        os.replace(new, final)
+        return
+    if _renameat2_exchange(new, final):
+        return
+    old = final.with_name(f".{final.name}.{_tag()}{OLD}")
+    os.replace(final, old)
+    os.replace(new, final)
+    os.replace(old, new)
+
+
+def link_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Recreate ``src`` at ``dst`` with hard links to its files (copies where links are impossible, e.g.
+    across file systems) and its symbolic links as they are: the same bytes, no copy, ``src`` untouched."""
+    src, dst = Path(src), Path(dst)
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        dst.mkdir()
+        for entry in src.iterdir():
+            link_tree(entry, dst / entry.name)
+        shutil.copystat(src, dst)
+    else:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.masks import rle_encode, write_json_atomic, write_mask_png
-from .fileio import remove_temporaries, replace_dir, temporary_path
+from .fileio import exchange_dirs, is_temporary, link_tree, remove_temporaries, temporary_path
 
 __all__ = ["FORMATS", "ExpressionSummary", "OutputSummary", "remove_stale_outputs", "write_outputs"]
 
@@ -85,22 +85,38 @@ def _is_mask_png(f: Path) -> bool:
         return False
 
 
+def _is_stale(entry: Path, written: set[str]) -> bool:
+    """Whether ``entry`` is an earlier run's output that a run writing ``written`` leaves behind: a numbered
+    folder holding nothing but grayscale .png files (a folder of the user's own images is not one), or
+    ``masks.json`` / ``overlay.mp4``, when not in ``written``."""
+    if entry.name in written:
+        return False
+    if entry.name in (MASKS_JSON, OVERLAY):
+        return entry.is_file() and not entry.is_symlink()
+    return (entry.is_dir() and not entry.is_symlink() and entry.name.isdigit()
+            and all(_is_mask_png(f) for f in entry.iterdir()))
+
+
+def _written_names(num_expressions: int, *, png: bool, rle: bool, overlay: bool) -> set[str]:
+    names = {str(e) for e in range(num_expressions)} if png else set()
+    return names | ({MASKS_JSON} if rle else set()) | ({OVERLAY} if overlay else set())
+
+
+def _listing(out: Path) -> list[Path]:
+    return sorted(out.iterdir(), key=lambda p: (len(p.name), p.name))
+
+
 def remove_stale_outputs(out: str | os.PathLike, *, keep: set[str], keep_rle: bool, keep_overlay: bool) -> list[str]:
-    """After a run into a folder that already held segmentation outputs, remove the ones this run did not
-    write, so the folder describes one run: numbered mask folders not in ``keep`` (only those holding
-    nothing but grayscale .png files: a folder of the user's own images stays), and ``masks.json`` /
-    ``overlay.mp4`` when this run wrote none. Returns the names removed."""
-    out = Path(out)
+    """Remove from ``out`` the segmentation outputs of an earlier run that a run writing the mask folders
+    ``keep`` (and ``masks.json`` / ``overlay.mp4`` if ``keep_rle`` / ``keep_overlay``) did not write, so the
+    folder describes one run. :func:`write_outputs` applies the same rule while staging. Returns the names
+    removed."""
+    written = set(keep) | ({MASKS_JSON} if keep_rle else set()) | ({OVERLAY} if keep_overlay else set())
     removed = []
-    for entry in sorted(out.iterdir(), key=lambda p: (len(p.name), p.name)):
-        if entry.is_dir() and not entry.is_symlink() and entry.name.isdigit() and entry.name not in keep:
-            if all(_is_mask_png(f) for f in entry.iterdir()):
-                shutil.rmtree(entry)
-                removed.append(f"{entry.name}/")
-    for name, kept in ((MASKS_JSON, keep_rle), (OVERLAY, keep_overlay)):
-        if not kept and (out / name).is_file():
-            (out / name).unlink()
-            removed.append(name)
+    for entry in _listing(Path(out)):
+        if _is_stale(entry, written):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            removed.append(f"{entry.name}/" if entry.is_dir() else entry.name)
     return removed
 
 
@@ -109,6 +125,21 @@ def _is_our_temporary(name: str) -> bool:
     ``.overlay.mp4.<...>``), not some other hidden file of the user's."""
     first = name[1:].split(".", 1)[0]
     return first.isdigit() or name.startswith((f".{MASKS_JSON}.", f".{OVERLAY}."))
+
+
+def _carry_over(out: Path, stage: Path, written: set[str]) -> list[str]:
+    """Give ``stage`` (the new result set) everything else ``out`` holds, as hard links (nothing is copied
+    or moved: ``out`` stays whole until the switch), except the earlier run's outputs this run does not
+    rewrite (:func:`_is_stale`) and temporaries. Returns the outputs left behind."""
+    removed = []
+    for entry in _listing(out):
+        if entry.name in written or is_temporary(entry.name):
+            continue
+        if _is_stale(entry, written):
+            removed.append(f"{entry.name}/" if entry.is_dir() else entry.name)
+        else:
+            link_tree(entry, stage / entry.name)
+    return removed
 
 
 def _frames_of(results) -> Iterator:
@@ -143,7 +174,9 @@ def write_outputs(out: str | os.PathLike, state, results, *, format: str = "png"
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." has no name to stage beside
+    if out.is_symlink():  # the switch replaces the folder the link names, not the link
+        out = out.resolve()
     streamed = not isinstance(results, (list, tuple))
     if streamed:
         texts, queries, scores = list(results.texts), results.query_indices, results.scores
@@ -158,20 +191,27 @@ def write_outputs(out: str | os.PathLike, state, results, *, format: str = "png"
     png, rle = format in ("png", "both"), format in ("rle", "both")
     E, T = len(texts), state.num_frames
     H, W = state.original_size
-    out.mkdir(parents=True, exist_ok=True)
-    # what an interrupted earlier run into this folder left: its temporary mask folders, JSON and video
-    removed_debris = remove_temporaries(out, names=_is_our_temporary)
-    tmp_dirs: list[Path] = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # what an interrupted earlier run left: its staging folder beside ``out`` (and, from before the
+    # one-step switch, temporaries inside it)
+    removed_debris = remove_temporaries(out.parent, names=lambda n: n.startswith(f".{out.name}."))
+    if out.is_dir():
+        removed_debris += remove_temporaries(out, names=_is_our_temporary)
+    # The whole new result set is staged in one hidden folder beside ``out`` and switched in by one
+    # rename: a reader sees the old set or the new one, never a mix.
+    stage = temporary_path(out)
+    stage.mkdir(mode=0o755)
+    if out.is_dir():
+        shutil.copymode(out, stage)
     writer = None
     try:
         if png:
             for e in range(E):
-                tmp_dirs.append(temporary_path(out / str(e)))
-                tmp_dirs[-1].mkdir()
+                (stage / str(e)).mkdir()
         if overlay:
             from .videoio import VideoWriter, draw_overlay
 
-            writer = VideoWriter(out / OVERLAY, fps=state.fps or 10.0)
+            writer = VideoWriter(stage / OVERLAY, fps=state.fps or 10.0)
             originals = state.original_frames()
         mask_rles: list[list] = [[] for _ in range(E)]
         inst_rles = [[[] for _ in q] for q in queries]
@@ -182,7 +222,7 @@ def write_outputs(out: str | os.PathLike, state, results, *, format: str = "png"
             for e in range(E):
                 mask = frame.masks[e]
                 if png:
-                    write_mask_png(tmp_dirs[e] / f"{name}.png", mask)
+                    write_mask_png(stage / str(e) / f"{name}.png", mask)
                 if rle:
                     mask_rles[e].append(rle_encode(mask))
                     for q, inst in enumerate(frame.instance_masks[e]):
@@ -193,11 +233,10 @@ def write_outputs(out: str | os.PathLike, state, results, *, format: str = "png"
             if writer is not None:
                 writer.write(draw_overlay(next(originals), frame.masks, texts))
         mask_score_sets = results.mask_scores if streamed else [r.mask_scores for r in results]
-        # Everything is computed: now each output appears under its name, all at once.
         if writer is not None:
             writer.close()
         if rle:
-            write_json_atomic(out / MASKS_JSON, {
+            write_json_atomic(stage / MASKS_JSON, {
                 "input": state.source,
                 **(info or {}),
                 "size": [H, W],
@@ -209,17 +248,15 @@ def write_outputs(out: str | os.PathLike, state, results, *, format: str = "png"
                                    for i, (q, s, ms) in enumerate(zip(queries[e], scores[e], mask_score_sets[e]))]}
                     for e in range(E)],
             })
-        for e, tmp in enumerate(tmp_dirs):
-            replace_dir(tmp, out / str(e))
-        tmp_dirs = []
-        removed = remove_stale_outputs(out, keep={str(e) for e in range(E)} if png else set(), keep_rle=rle,
-                                       keep_overlay=overlay)
+        written_names = _written_names(E, png=png, rle=rle, overlay=overlay)
+        removed = _carry_over(out, stage, written_names) if out.is_dir() else []
+        exchange_dirs(stage, out)  # the switch: one step
     except BaseException:
         if writer is not None:
             writer.abort()
-        for tmp in tmp_dirs:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
         raise
+    shutil.rmtree(stage, ignore_errors=True)  # now the old set (or nothing)
     written = [f"{E} mask folders" if png else None, MASKS_JSON if rle else None, OVERLAY if overlay else None]
     summaries = [ExpressionSummary(text=texts[e], frames_with_mask=int(frames_with_mask[e]), num_frames=T,
                                    mean_area=float(area[e] / T), scores=np.asarray(scores[e]))
