@@ -673,3 +673,97 @@ def test_a_killed_segment_leaves_the_old_set_and_the_rerun_clears_its_staging(se
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob(".out.*")) and sorted(p.name for p in out.iterdir()) == ["0", "1"]
     assert len(list((out / "1").glob("*.png"))) == 6
+
+
+# -------------------------------------------------------------------------------------------- full disk
+
+# A child process whose files cannot grow past ``limit`` bytes gets the real EFBIG error from the kernel on
+# the write that crosses it, as a full disk gives ENOSPC: the writers' own error paths run, nothing is faked.
+# RLIMIT_FSIZE counts per file; ``at`` picks the writer it applies to ("start": every file of the run;
+# "torch.save": only from the training-state write on, so the model file before it is written whole).
+_LIMITED = """
+import resource, signal, sys
+limit, at = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a signal that kills the process
+def limit_files():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+if at == "start":
+    limit_files()
+else:
+    import torch
+    save = torch.save
+    def limited_save(*args, **kwargs):
+        limit_files()
+        return save(*args, **kwargs)
+    torch.save = limited_save
+from ssa_rvos.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _run_with_file_limit(argv: list[str], limit: int, at: str = "start"):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.run([sys.executable, "-c", _LIMITED, str(limit), at, *argv], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["start", "torch.save"])
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(tmp_path, at):
+    run = tmp_path / "run"
+    train = ["train", "tiny_cpu", "checkpoint_every=1", "--output-dir", str(run)]
+    assert main(train + ["optim.max_steps=1"]) == 0
+    checkpoints = run / "checkpoints"
+    first = checkpoints / "step_0000001"
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    model_size, state_size = (first / "model.safetensors").stat().st_size, (first / "state.pt").stat().st_size
+    assert state_size < model_size  # so a limit below the state file stops whichever writer it applies to
+    done = _run_with_file_limit(train + ["optim.max_steps=2", "--resume"], state_size // 2, at)
+    line = _last_line(done.stderr)
+    assert done.returncode == 1 and line.startswith("ssa-rvos train: error: ")
+    if at == "start":  # safetensors' writer: the model file
+        assert f"{checkpoints / 'step_0000002' / 'model.safetensors'}: cannot write the checkpoint" in line
+        assert "File too large" in line
+    else:  # torch.save: the training state
+        assert f"{checkpoints / 'step_0000002'}: cannot write the training state" in line
+        assert "a write stopped part-way: is the disk full?" in line and "enforce fail" not in line
+    assert ".partial" not in line  # names the checkpoint, not the staging folder
+    # the earlier checkpoint is whole and still the latest; no staging debris
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_0000001"]
+    assert (checkpoints / "latest").read_text().strip() == "step_0000001"
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    # and the run goes on from it once there is room
+    assert main(train + ["optim.max_steps=2", "--resume"]) == 0
+    assert (checkpoints / "latest").read_text().strip() == "step_0000002"
+
+
+def test_a_full_disk_during_convert_is_one_line_and_keeps_the_old_output(fixtures_dir, tmp_path):
+    folder = fixtures_dir / "official-tiny"
+    out = tmp_path / "converted.safetensors"
+    out.write_bytes(b"an earlier output")
+    done = _run_with_file_limit(["convert", str(folder / "official_tiny.pth"), "-o", str(out), "--clip-model",
+                                 "convnext_tinyfix", "--clip-config", str(folder / "meta.json")], 1_000_000)
+    line = _last_line(done.stderr)
+    assert done.returncode == 1 and line.startswith("ssa-rvos convert: error: ")
+    assert f"{out}: cannot write the checkpoint" in line and "File too large" in line
+    assert out.read_bytes() == b"an earlier output" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_train_resume_after_an_architecture_change_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    train = ["train", "tiny_cpu", "checkpoint_every=1", "--output-dir", str(run)]
+    assert main(train + ["optim.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert main(train + ["optim.max_steps=2", "model.use_adapters=false", "--resume"]) == 1
+    line = one_error_line(capsys)
+    assert f"{run / 'checkpoints' / 'step_0000001' / 'model.safetensors'}:" in line
+    assert "unexpected" in line and "backbone.adapters." in line and "resume needs the same architecture" in line
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000001"]

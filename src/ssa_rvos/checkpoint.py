@@ -34,27 +34,29 @@ FORMAT = "ssa-rvos/1"
 
 
 def save_model(model: SSA, path: str | os.PathLike, *, extra: dict[str, str] | None = None,
-               dtype: torch.dtype | None = None) -> None:
+               dtype: torch.dtype | None = None, shown: str | os.PathLike | None = None) -> None:
     """Write the full state dict and config of ``model`` to a safetensors file atomically.
 
     dtype: store the floating-point tensors in this type (e.g. torch.float16 to halve a file that is
-    shipped); :func:`load_model` casts them back to the model's own dtype."""
+    shipped); :func:`load_model` casts them back to the model's own dtype. shown: the path an error names
+    (default ``path``; a caller writing into a staging folder names the final one)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(model.config.to_dict())}
     metadata.update(extra or {})
-    save_state_dict_atomic(state, path, metadata)
+    save_state_dict_atomic(state, path, metadata, shown=shown)
 
 
-def save_state_dict_atomic(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+def save_state_dict_atomic(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str], *,
+                           shown: str | os.PathLike | None = None) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     except SafetensorError as e:  # e.g. a full disk: safetensors reports it as its own error type
-        raise OSError(f"{path}: cannot write the checkpoint ({e})") from None
+        raise OSError(f"{shown or path}: cannot write the checkpoint ({e})") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[SSAConfig, dict[str, Tensor]]:

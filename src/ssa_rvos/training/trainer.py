@@ -358,7 +358,7 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model: SSA, opt
     # what a killed earlier save left (this process is the only writer here)
     remove_temporaries(root, names=lambda name: name.startswith(".step_"))
     with atomic_dir(final) as tmp:  # replaces a folder left by an earlier run that went past this step
-        save_model(model, tmp / MODEL_FILE, extra={"step": str(step)})
+        save_model(model, tmp / MODEL_FILE, extra={"step": str(step)}, shown=final / MODEL_FILE)
         state = {
             "step": step,
             "optimizer": optimizer.state_dict(),
@@ -369,8 +369,11 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model: SSA, opt
         }
         try:
             torch.save(state, tmp / STATE_FILE)
-        except RuntimeError as e:  # torch reports a full disk as "unexpected pos ..."
-            raise OSError(f"{final}: cannot write the training state ({str(e).splitlines()[0]})") from None
+        except RuntimeError as e:  # torch reports a full disk as "[enforce fail ...] unexpected pos ..."
+            reason = str(e).splitlines()[0]
+            if "unexpected pos" in reason:
+                reason = "a write stopped part-way: is the disk full?"
+            raise OSError(f"{final}: cannot write the training state ({reason})") from None
     atomic_write_text(root / LATEST, final.name + "\n")
     if keep_last > 0:
         for _, old in _checkpoint_dirs(Path(output_dir))[:-keep_last]:
