@@ -154,6 +154,21 @@ def test_masks_to_png_refuses_unsafe_names_before_writing(tmp_path, capsys, exp_
 # ------------------------------------------------------------------------------------------------- RLE
 
 
+@pytest.mark.parametrize("counts", [5, None, [1, "3"], {"a": 1}])
+def test_masks_to_png_names_rle_counts_of_the_wrong_type(tmp_path, capsys, counts):
+    write_mevis(tmp_path / "data", "valid_u")
+    path = tmp_path / "data" / "valid_u" / "mask_dict.json"
+    masks = json.loads(path.read_text())
+    anno = sorted(masks)[0]
+    masks[anno][1] = {"size": masks[anno][1]["size"], "counts": counts}
+    path.write_text(json.dumps(masks))
+    out = tmp_path / "out"
+    assert main(["masks", "to-png", str(path), "-o", str(out)]) == 1
+    line = one_error_line(capsys)
+    assert str(path) in line and f"anno_id {anno}" in line and "counts" in line
+    assert not out.exists()
+
+
 def test_an_rle_that_covers_less_than_its_size_is_refused():
     short = rle_encode(np.zeros((8, 8), dtype=bool))
     short["size"] = [512, 512]
@@ -767,3 +782,16 @@ def test_train_resume_after_an_architecture_change_is_one_line(tmp_path, capsys)
     assert f"{run / 'checkpoints' / 'step_0000001' / 'model.safetensors'}:" in line
     assert "unexpected" in line and "backbone.adapters." in line and "resume needs the same architecture" in line
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000001"]
+
+
+def test_a_checkpoint_write_killed_earlier_leaves_no_debris_after_the_next_save(tmp_path):
+    run = tmp_path / "run"
+    train = ["train", "tiny_cpu", "checkpoint_every=1", "--output-dir", str(run)]
+    assert main(train + ["optim.max_steps=1"]) == 0
+    checkpoints = run / "checkpoints"
+    debris = [checkpoints / ".step_0000002.k1ll3d.partial", checkpoints / ".step_0000001.k1ll3d.old"]
+    for folder in debris:  # what SIGKILL during a save leaves: a staged folder, a replaced one
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half" * 1000)
+    assert main(train + ["optim.max_steps=2", "--resume"]) == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_0000001", "step_0000002"]

@@ -88,6 +88,16 @@ def rle_decode(rle: dict) -> np.ndarray:
     The counts must cover exactly H x W pixels (pycocotools would otherwise decode uninitialised memory
     for a short RLE): a ValueError says what is wrong.
     """
+    return _decode_checked(rle_check(rle))
+
+
+def _decode_checked(compact: dict) -> np.ndarray:
+    return _mask_api().decode(compact).astype(bool)
+
+
+def rle_check(rle: dict) -> dict:
+    """Validate a COCO RLE as :func:`rle_decode` does, without decoding it: returns the compact form
+    (``size`` and compressed ``counts`` bytes) that pycocotools decodes, or raises a ValueError."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("an RLE must be a dict with 'size' and 'counts'")
     size = rle["size"]
@@ -117,7 +127,7 @@ def rle_decode(rle: dict) -> np.ndarray:
         compact = {"size": size, "counts": data}
     else:
         raise ValueError(f"RLE 'counts' must be a string or a list of integers, got {type(counts).__name__}")
-    return mask_api.decode(compact).astype(bool)
+    return compact
 
 
 def rle_area(rle: dict) -> int:
@@ -213,24 +223,17 @@ def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.Pat
             safe_name(frame, where=str(meta_path), what=f"frame of video {video!r}")
         for exp_id in entry["expressions"]:
             safe_name(exp_id, where=str(meta_path), what=f"expression id of video {video!r}")
-    written = 0
-    for video, entry in tqdm(items, desc="masks", unit="video", disable=not progress):
-        frames = entry.get("frames")
-        exps = entry.get("expressions")
-        size = None
-        for exp in exps.values():
-            for anno in exp.get("anno_id", []):
-                for rle in mask_dict.get(str(anno)) or []:
-                    if rle:
-                        size = tuple(rle["size"])
-                        break
-                if size:
-                    break
-            if size:
-                break
+    # Every RLE, checked before anything is written (a bad one must not leave half the output written).
+    plans = []
+    for video, entry in items:
+        frames, exps = entry["frames"], entry["expressions"]
+        size, per_exp = None, {}
         for exp_id, exp in exps.items():
-            union = None
-            for anno in exp.get("anno_id", []):
+            annos = exp.get("anno_id", []) if isinstance(exp, dict) else None
+            if not isinstance(annos, list):
+                raise DatasetError(f"{meta_path}: expression {exp_id} of video {video!r} needs an 'anno_id' list")
+            checked = []
+            for anno in annos:
                 rles = mask_dict.get(str(anno))
                 if rles is None:
                     raise DatasetError(f"{mask_dict_path}: no anno_id {anno} (video {video!r}, expression {exp_id})")
@@ -241,19 +244,26 @@ def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.Pat
                     if not rle:
                         continue
                     try:
-                        m = rle_decode(rle)
+                        compact = rle_check(rle)
                     except (ValueError, TypeError) as e:
                         raise DatasetError(f"{mask_dict_path}: anno_id {anno} frame {frames[t]!r}: {e}") from None
-                    if size is not None and m.shape != size:
-                        raise DatasetError(f"{mask_dict_path}: anno_id {anno} frame {frames[t]!r} is {m.shape}, "
-                                           f"expected {size} (video {video!r}, expression {exp_id})")
-                    if union is None:
-                        union = np.zeros((len(frames), *m.shape), dtype=bool)
-                    union[t] |= m
-            if union is None:
-                if size is None:
-                    raise DatasetError(f"{mask_dict_path}: video {video!r} has no mask to take a frame size from")
-                union = np.zeros((len(frames), *size), dtype=bool)
+                    if size is None:
+                        size = tuple(compact["size"])
+                    elif tuple(compact["size"]) != size:
+                        raise DatasetError(f"{mask_dict_path}: anno_id {anno} frame {frames[t]!r} is "
+                                           f"{tuple(compact['size'])}, expected {size} (video {video!r}, "
+                                           f"expression {exp_id})")
+                    checked.append((t, compact))
+            per_exp[exp_id] = checked
+        if size is None and exps:
+            raise DatasetError(f"{mask_dict_path}: video {video!r} has no mask to take a frame size from")
+        plans.append((video, frames, size, per_exp))
+    written = 0
+    for video, frames, size, per_exp in tqdm(plans, desc="masks", unit="video", disable=not progress):
+        for exp_id, checked in per_exp.items():
+            union = np.zeros((len(frames), *size), dtype=bool)
+            for t, compact in checked:
+                union[t] |= _decode_checked(compact)
             for t, frame in enumerate(frames):
                 write_mask_png(out_dir / video / str(exp_id) / f"{frame}.png", union[t])
                 written += 1
