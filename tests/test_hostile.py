@@ -660,32 +660,49 @@ def test_segment_into_a_linked_folder_switches_the_folder_and_keeps_the_link(seg
     assert (tmp_path / "real" / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.slow
-def test_a_killed_segment_leaves_the_old_set_and_the_rerun_clears_its_staging(segment_model, tmp_path):
+# A child `segment` that SIGKILLs itself (no cleanup at all) at a chosen point of the writer: while the
+# masks of expression 1 are being staged, or just before the staged set is switched into place.
+_KILLED_AT = """
+import os, signal, sys
+import ssa_rvos.outputs as outputs
+at = sys.argv[1]
+if at == "masks":
+    write = outputs.write_mask_png
+    def write_then_die(path, mask):
+        if path.parent.name == "1" and path.stem == "00002":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write(path, mask)
+    outputs.write_mask_png = write_then_die
+else:
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    outputs.exchange_dirs = die
+from ssa_rvos.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("at", ["masks", "switch"])
+def test_a_killed_segment_leaves_the_old_set_and_the_rerun_clears_its_staging(segment_model, tmp_path, capsys, at):
     import subprocess
     import sys
-    import time
 
     _, checkpoint = segment_model
-    small = _frames_folder(tmp_path / "small")  # the old set and the rerun: quick
-    long = _frames_folder(tmp_path / "long", n=300)  # the killed run: long enough to be killed while staging
+    frames = _frames_folder(tmp_path / "video")
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "ssa_rvos", "segment", "-o", str(out), "--model", str(checkpoint), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    assert subprocess.run(argv + [str(small), "-t", "old"], env=env, capture_output=True, timeout=300).returncode == 0
+    argv = ["segment", str(frames), "-o", str(out), "--model", str(checkpoint), "--quiet"]
+    assert main(argv + ["-t", "old"]) == 0
     before = _snapshot(out)
-    proc = subprocess.Popen(argv + [str(long), "-t", "new one", "-t", "new two"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".out.*/1/*.png")) and time.time() < deadline:  # masks are being staged
-        time.sleep(0.05)
-    proc.kill()  # SIGKILL: no cleanup at all
-    proc.wait()
-    assert list(tmp_path.glob(".out.*")), "the kill did not land while the new set was being staged"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT, at, *argv, "-t", "new one", "-t", "new two"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    staged = list(tmp_path.glob(".out.*"))
+    assert len(staged) == 1  # the kill landed while the new set was staged
+    pngs = len(list((staged[0] / "1").glob("*.png")))
+    assert pngs == 6 if at == "switch" else pngs < 6  # all staged, or stopped part-way through expression 1
     assert _snapshot(out) == before  # the old set, whole
-    done = subprocess.run(argv + [str(small), "-t", "new one", "-t", "new two"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert main(argv + ["-t", "new one", "-t", "new two"]) == 0
     assert not list(tmp_path.glob(".out.*")) and sorted(p.name for p in out.iterdir()) == ["0", "1"]
     assert len(list((out / "1").glob("*.png"))) == 6
 
