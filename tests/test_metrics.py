@@ -287,14 +287,69 @@ def test_shape_errors():
         seg2bmap(np.zeros((3, 0, 4)))
 
 
-def test_chunking_does_not_change_values(monkeypatch):
+def _box(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+# (gt box, pred box) on a 40x60 frame; each scored with radii 1, 3 and 10 (pixels) against the reference
+CROP_EDGES = {
+    "both touch the top-left corner": ((0, 5, 0, 7), (0, 6, 0, 5)),
+    "both touch the bottom-right corner": ((33, 40, 50, 60), (35, 40, 52, 60)),
+    "touch the left and right edges": ((10, 20, 0, 60), (12, 22, 0, 59)),
+    "touch the top and bottom edges": ((0, 40, 20, 30), (0, 39, 22, 33)),
+    "one pixel in the last row and column": ((39, 40, 59, 60), (39, 40, 58, 59)),
+    "disk reaches past the crop": ((18, 20, 28, 30), (24, 26, 34, 36)),  # 6-8 px apart, radius 10
+    "apart by exactly the radius": ((5, 8, 5, 8), (5, 8, 18, 21)),
+    "full frame against a box": ((0, 40, 0, 60), (3, 9, 4, 11)),
+    "full frame against an empty mask": ((0, 40, 0, 60), (0, 0, 0, 0)),
+    "empty against a full frame": ((0, 0, 0, 0), (0, 40, 0, 60)),
+    "empty against a box on the edge": ((0, 0, 0, 0), (30, 40, 0, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(CROP_EDGES), ids=list(CROP_EDGES))
+def test_crop_edges_equal_the_reference(case):
+    (gy0, gy1, gx0, gx1), (py0, py1, px0, px1) = CROP_EDGES[case]
+    gt, pred = _box(40, 60, gy0, gy1, gx0, gx1), _box(40, 60, py0, py1, px0, px1)
+    for gt_, pred_ in ((gt, pred), (pred, gt)):
+        for radius in (1, 3, 10):
+            j, f = j_and_f(gt_, pred_, bound_th=radius)
+            assert float(j) == float(jaccard_reference(gt_[None], pred_[None])[0])
+            assert float(f) == float(boundary_f_reference(gt_[None], pred_[None], bound_th=radius)[0]), radius
+
+
+def test_crop_edges_on_noise_touching_every_border():
+    """Random masks confined to a band along each border (and to each corner), so that every crop meets the
+    frame's edges, at a radius larger than the band."""
+    rng = np.random.default_rng(5)
+    h, w = 33, 47
+    bands = [np.s_[:4, :], np.s_[-4:, :], np.s_[:, :4], np.s_[:, -4:], np.s_[:5, :5], np.s_[-5:, -5:],
+             np.s_[:5, -5:], np.s_[-5:, :5]]
+    for band in bands:
+        gt, pred = np.zeros((6, h, w), bool), np.zeros((6, h, w), bool)
+        gt[(slice(None), *band)] = rng.random(gt[(slice(None), *band)].shape) < 0.5
+        pred[(slice(None), *band)] = rng.random(pred[(slice(None), *band)].shape) < 0.5
+        for radius in (2, 9):
+            j, f = j_and_f(gt, pred, bound_th=radius)
+            assert np.array_equal(j, jaccard_reference(gt, pred))
+            assert np.array_equal(f, boundary_f_reference(gt, pred, bound_th=radius))
+
+
+def test_a_stack_scores_as_its_frames_one_by_one():
     rng = np.random.default_rng(3)
     gt = ndimage.gaussian_filter(rng.random((7, 30, 40)), (0, 3, 3)) > 0.5
     pred = ndimage.gaussian_filter(rng.random((7, 30, 40)), (0, 3, 3)) > 0.5
+    gt[2], pred[4] = False, False  # one-side-empty frames among the others
+    gt[5], pred[5] = False, False
     whole = j_and_f(gt, pred)
-    monkeypatch.setattr(metrics, "_CHUNK_PIXELS", 2 * 30 * 40)  # chunks of 2 frames
-    chunked = j_and_f(gt, pred)
-    assert np.array_equal(whole[0], chunked[0]) and np.array_equal(whole[1], chunked[1])
+    one_by_one = [j_and_f(g, p) for g, p in zip(gt, pred)]
+    assert np.array_equal(whole[0], [float(j) for j, _ in one_by_one])
+    assert np.array_equal(whole[1], [float(f) for _, f in one_by_one])
+    assert np.array_equal(whole[0], jaccard(gt, pred)) and np.array_equal(whole[1], boundary_f(gt, pred))
+    assert np.array_equal(whole[0], jaccard_reference(gt, pred))
+    assert np.array_equal(whole[1], boundary_f_reference(gt, pred))
 
 
 # --------------------------------------------------------------------------------------------------------------

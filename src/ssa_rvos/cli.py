@@ -178,7 +178,8 @@ def _predict(args: argparse.Namespace, dataset, output: Path) -> None:
         model = _load_model(args.model, env.device if env.world_size > 1 else args.device)
         stats = predict_split(model, dataset, output, selection=args.selection, short_side=args.short_side,
                               frame_chunk=args.frame_chunk, threshold=args.threshold, amp=args.amp,
-                              progress=env.main, rank=env.rank, world_size=env.world_size)
+                              progress=env.main, rank=env.rank, world_size=env.world_size,
+                              format=getattr(args, "format", "png"))
         if env.world_size > 1:
             import torch.distributed as dist
 
@@ -191,6 +192,10 @@ def _predict(args: argparse.Namespace, dataset, output: Path) -> None:
     if env.main:
         where = f" ({env.world_size} processes)" if env.world_size > 1 else ""
         print(f"predicted {stats.written} expressions, {stats.skipped} already in {output}{where}", file=sys.stderr)
+        if getattr(args, "format", "png") == "rle":  # every process is done (the all_reduce above waited)
+            from .evaluation.predict import collect_rle
+
+            print(f"wrote {collect_rle(dataset, output)}", file=sys.stderr)
 
 
 def _check_model_args(args: argparse.Namespace) -> None:
@@ -214,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import tempfile
 
     from .data.masks import write_json_atomic
-    from .evaluation.evaluate import evaluate_predictions
+    from .evaluation.evaluate import evaluate_predictions, open_predictions
 
     if bool(args.predictions) == bool(args.model):
         raise UsageError("give either --predictions DIR or --model NAME_OR_PATH")
@@ -224,7 +229,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.predictions and args.save_predictions:
         raise UsageError("--save-predictions goes with --model (with --predictions the predictions are already "
                          "in a folder)")
-    _check_at_least(args, 1, "workers")
+    if args.workers is not None:
+        _check_at_least(args, 1, "workers")
     if args.model:
         _check_model_args(args)
     if args.save_predictions:
@@ -236,11 +242,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--split {dataset.split}: {dataset.name} has no ground truth for it (a server split: "
                          "use `ssa-rvos predict` and `ssa-rvos submit`)")
     scratch = None
-    predictions = Path(args.predictions) if args.predictions else None
-    if predictions is not None and predictions.is_dir() and dataset.expressions and not any(
-            (predictions / e.video / e.exp_id).is_dir() for e in dataset.expressions):
-        raise UsageError(f"--predictions {predictions}: no prediction for any expression of {dataset.name} "
-                         f"{dataset.split} (expected <video>/<exp_id>/<frame>.png)")
+    predictions = None
+    if args.predictions:
+        predictions = open_predictions(args.predictions, dataset)
+        if dataset.expressions and not any(predictions.has(e.video, e.exp_id) for e in dataset.expressions):
+            raise UsageError(f"--predictions {args.predictions}: no prediction for any expression of {dataset.name} "
+                             f"{dataset.split} (expected {predictions.layout})")
     try:
         if predictions is None:
             if args.save_predictions:
@@ -533,15 +540,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p, split_help="split (default: valid_u for mevis, valid otherwise)")
     _add_model_args(p, required=True)
     p.add_argument("--output", "-o", required=True, help="folder of <video>/<exp_id>/<frame>.png predictions")
+    p.add_argument("--format", choices=["png", "rle"], default="png",
+                   help="png: the folders servers take (default); rle: <video>/<exp_id>.rle.json per expression "
+                        "and one masks.json for `evaluate --predictions` (no PNG decoding)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="J, F and J&F of predictions (or of a model) on a benchmark split")
     _add_dataset_args(p, split_help="split with ground truth (default: valid_u for mevis, valid otherwise)")
-    p.add_argument("--predictions", help="folder of <video>/<exp_id>/<frame>.png predictions")
+    p.add_argument("--predictions", help="folder of <video>/<exp_id>/<frame>.png predictions, or the masks.json "
+                   "of predict / segment --format rle")
     _add_model_args(p, required=False)
     p.add_argument("--save-predictions", help="with --model: keep the predictions in this folder")
     p.add_argument("--output", help="write the report with per-expression results to this .json file")
-    p.add_argument("--workers", type=int, default=1, help="processes scoring expressions (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="processes scoring videos (default: the cores this process may use, "
+                   "at most one per video)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("submit", help="write or check a server submission zip (mevis valid, ytvos valid)")

@@ -273,6 +273,16 @@ class VideoExpressionDataset:
     def _read_instance_masks(self, expr: Expression, indices: list[int], names: list[str]) -> np.ndarray:
         raise NotImplementedError
 
+    def video_target_masks(self, exprs: Sequence[Expression]) -> Iterator[np.ndarray]:
+        """:meth:`target_masks` of several expressions of one video, one after the other (an evaluator's
+        loop); readers whose expressions share annotated objects decode each object once here."""
+        for expr in exprs:
+            yield self.target_masks(expr)
+
+    def load_masks(self) -> None:
+        """Read the split's mask annotations now if the reader keeps them in memory (before forking
+        workers, so that each does not read them again); a no-op for readers of per-frame files."""
+
     def target_masks(self, expr: Expression, frames: Sequence[str] | None = None) -> np.ndarray:
         """Ground truth of one expression as the union of its objects -> (T, H, W) bool."""
         inst = self.instance_masks(expr, frames)

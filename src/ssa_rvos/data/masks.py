@@ -88,11 +88,32 @@ def rle_decode(rle: dict) -> np.ndarray:
     The counts must cover exactly H x W pixels (pycocotools would otherwise decode uninitialised memory
     for a short RLE): a ValueError says what is wrong.
     """
-    return _decode_checked(rle_check(rle))
+    return decode_checked(rle_check(rle))
 
 
-def _decode_checked(compact: dict) -> np.ndarray:
+def decode_checked(compact: dict) -> np.ndarray:
+    """The (H, W) bool mask of an RLE that :func:`rle_check` returned."""
     return _mask_api().decode(compact).astype(bool)
+
+
+def decode_stack(compacts: Sequence[dict | None], size: tuple[int, int]) -> np.ndarray:
+    """Checked RLEs (:func:`rle_check`; None: an empty frame) of one size, decoded in one pycocotools call
+    -> a ``(T, W, H)`` C-contiguous bool array: the masks in column-major order, as pycocotools decodes
+    them (``.transpose(0, 2, 1)`` is the (T, H, W) view)."""
+    h, w = size
+    if not compacts:
+        return np.zeros((0, w, h), dtype=bool)
+    mask_api = _mask_api()
+    empty = None
+    batch = []
+    for compact in compacts:
+        if compact is None:
+            if empty is None:
+                empty = mask_api.encode(np.zeros((h, w, 1), dtype=np.uint8, order="F"))[0]
+            compact = empty
+        batch.append(compact)
+    planes = mask_api.decode(batch)  # (H, W, T) uint8, Fortran order: memory is (T, W, H)
+    return np.ascontiguousarray(planes.transpose(2, 1, 0)).view(bool)
 
 
 def rle_check(rle: dict) -> dict:
@@ -179,9 +200,97 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
     write_label_png(path, np.where(mask.astype(bool), 255, 0).astype(np.uint8), palette=None)
 
 
-def read_mask_png(path: str | os.PathLike) -> np.ndarray:
-    """A prediction PNG -> (H, W) bool (any nonzero value is foreground, as the official evaluators read it)."""
-    return read_label_png(path) > 0
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """``(height, width, bit depth, colour type)`` from a PNG's IHDR chunk, or None if ``data`` does not
+    start like a PNG."""
+    if len(data) < 26 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), data[24], data[25]
+
+
+def _spng():
+    try:
+        import pyspng
+    except ImportError:  # the fallback: Pillow reads every PNG, about half as fast
+        return None
+    return pyspng
+
+
+def _fast_decode(data: bytes, header: tuple[int, int, int, int] | None) -> np.ndarray | None:
+    """8-bit grayscale, RGB and RGBA PNGs through libspng (pyspng): (H, W) or (H, W, C) uint8, or None
+    where the PNG is of another kind, too large for Pillow's decompression-bomb limit, damaged, or pyspng
+    is missing (the caller then reads it with Pillow, which names the problem). Palette PNGs are not
+    decoded here: libspng would expand them to colours, and a label map needs the indices."""
+    if header is None or header[2] != 8 or header[3] not in (0, 2, 6):
+        return None
+    height, width = header[0], header[1]
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > limit:
+        return None
+    spng = _spng()
+    if spng is None:
+        return None
+    try:
+        arr = spng.load(data)
+    except Exception:  # noqa: BLE001 - any failure: Pillow reads it again and reports it
+        return None
+    return arr if arr.shape[:2] == (height, width) else None
+
+
+def read_mask_png(path: str | os.PathLike, out: np.ndarray | None = None) -> np.ndarray:
+    """A prediction PNG -> (H, W) bool: any nonzero value is foreground, as the official evaluators read it.
+
+    Grayscale and palette PNGs give the same masks as :func:`read_label_png` (palette indices, not
+    colours), 16-bit grayscale any nonzero value (labels above 255 included); RGB and RGBA PNGs are
+    foreground where any colour channel is nonzero (the alpha channel is ignored). 8-bit grayscale, RGB
+    and RGBA go through libspng (pyspng), about twice as fast as Pillow; everything else, and any PNG
+    libspng refuses, through Pillow.
+
+    out: an (H, W) bool array to write the mask into (saves a fresh allocation per frame when a caller
+    fills a stack); the PNG must then be of that size, else a DatasetError names both sizes."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a folder, not a PNG") from None
+    header = png_header(data)
+    arr = _fast_decode(data, header)
+    if arr is not None and arr.ndim == 2:
+        if out is None:
+            return arr > 0
+        _check_size(path, arr.shape, out.shape)
+        return np.greater(arr, 0, out=out)
+    if arr is not None:
+        mask = arr[..., :3].any(axis=-1)
+    elif header is not None and header[3] in (2, 6):  # RGB / RGBA that libspng did not take (16-bit, ...)
+        try:
+            with Image.open(path) as im:
+                mask = np.asarray(im.convert("RGB")).any(axis=-1)
+        except (OSError, Image.DecompressionBombError) as e:
+            raise DatasetError(f"{path}: not a readable image ({e})") from None
+    elif header is not None and header[3] in (0, 4) and header[2] == 16:  # 16-bit: any nonzero value
+        try:
+            with Image.open(path) as im:
+                mask = np.array(im.getchannel(0) if im.mode in ("LA", "La") else im) > 0
+        except (OSError, Image.DecompressionBombError) as e:
+            raise DatasetError(f"{path}: not a readable image ({e})") from None
+    else:
+        mask = read_label_png(path) > 0
+    if out is None:
+        return mask
+    _check_size(path, mask.shape, out.shape)
+    out[...] = mask
+    return out
+
+
+def _check_size(path: Path, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if tuple(shape) != tuple(expected):
+        raise DatasetError(f"{path}: prediction is {shape[0]}x{shape[1]}, the frame is {expected[0]}x{expected[1]}")
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
@@ -263,7 +372,7 @@ def mask_dict_to_pngs(meta_path: str | os.PathLike, mask_dict_path: str | os.Pat
         for exp_id, checked in per_exp.items():
             union = np.zeros((len(frames), *size), dtype=bool)
             for t, compact in checked:
-                union[t] |= _decode_checked(compact)
+                union[t] |= decode_checked(compact)
             for t, frame in enumerate(frames):
                 write_mask_png(out_dir / video / str(exp_id) / f"{frame}.png", union[t])
                 written += 1

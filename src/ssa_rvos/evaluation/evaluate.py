@@ -6,7 +6,8 @@ their mean. Ref-DAVIS17 protocol: per annotator k (exp_id % 4), the four express
 a video are merged into one label map (first object wins), scored with the DAVIS-2017 unsupervised
 protocol (Hungarian matching of predicted to true objects by J&F), and the four results averaged.
 
-Predictions are ``<video>/<exp_id>/<frame>.png`` (any nonzero pixel is foreground). A missing
+Predictions are ``<video>/<exp_id>/<frame>.png`` (any nonzero pixel is foreground) or one RLE ``.json``
+(:class:`PredictionRLE`). A missing
 expression folder scores J = F = 0 and is listed; a missing frame counts as an empty mask and is listed.
 """
 
@@ -93,83 +94,203 @@ def read_prediction(folder: Path, frames: Sequence[str], size: tuple[int, int]) 
         if not path.is_file():
             absent.append(frame)
             continue
-        mask = read_mask_png(path)
-        if mask.shape != tuple(size):
-            raise DatasetError(f"{path}: prediction is {mask.shape[0]}x{mask.shape[1]}, "
-                               f"the frame is {size[0]}x{size[1]}")
-        out[t] = mask
+        read_mask_png(path, out=out[t])  # a PNG of another size is an error naming it
     return out, absent
 
 
-def _score_expression(dataset, expr: Expression, predictions: Path) -> ExpressionScore:
-    folder = predictions / expr.video / expr.exp_id
-    if not folder.is_dir():
-        return ExpressionScore(expr.video, expr.exp_id, expr.text, 0.0, 0.0, len(expr.frames), "missing")
-    gt = dataset.target_masks(expr)
-    pred, absent = read_prediction(folder, expr.frames, gt.shape[1:])
-    j, f = j_and_f(gt, pred)
-    return ExpressionScore(expr.video, expr.exp_id, expr.text, float(np.mean(j)), float(np.mean(f)),
-                           len(expr.frames), "incomplete" if absent else "ok")
+class PredictionFolders:
+    """Predictions as ``<root>/<video>/<exp_id>/<frame>.png`` folders (what `ssa-rvos predict` writes and
+    every benchmark's evaluator reads)."""
+
+    layout = "<video>/<exp_id>/<frame>.png"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: predictions folder not found (expected {self.layout})")
+
+    def has(self, video: str, exp_id: str) -> bool:
+        return (self.root / video / exp_id).is_dir()
+
+    def read(self, expr: Expression, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+        return read_prediction(self.root / expr.video / expr.exp_id, expr.frames, size)
+
+
+class PredictionRLE:
+    """Predictions as one JSON file of COCO RLEs, read without any PNG decoding: the ``masks.json`` of
+    ``ssa-rvos predict --format rle`` (``{"videos": {video: {exp_id: {"frames": [...], "masks": [RLE per
+    frame]}}}}``) or of ``ssa-rvos segment --format rle`` run on one video's frame folder (its input folder
+    names the video; each of the dataset's expressions of that video takes the first unused sentence of
+    the file with the same text)."""
+
+    layout = "masks.json of `ssa-rvos predict --format rle` or `ssa-rvos segment --format rle`"
+
+    def __init__(self, path: str | os.PathLike, dataset) -> None:
+        from ..data.expressions import read_json
+
+        self.path = Path(path)
+        data = read_json(self.path, "predictions file")
+        # (video, exp_id) -> {frame: RLE}
+        self.masks: dict[tuple[str, str], dict[str, dict]] = {}
+        if isinstance(data, dict) and isinstance(data.get("videos"), dict):
+            for video, exps in data["videos"].items():
+                if not isinstance(exps, dict):
+                    raise DatasetError(f"{self.path}: video {video!r} must map expression ids to masks")
+                for exp_id, entry in exps.items():
+                    self.masks[(str(video), str(exp_id))] = self._frames(entry, f"video {video!r} expression {exp_id}")
+        elif isinstance(data, dict) and isinstance(data.get("expressions"), list) and "input" in data:
+            video = Path(str(data["input"])).name
+            texts: dict[str, list[dict]] = {}
+            for entry in data["expressions"]:
+                if not isinstance(entry, dict) or "text" not in entry:
+                    raise DatasetError(f"{self.path}: every expression needs 'text' and 'masks'")
+                texts.setdefault(str(entry["text"]), []).append(
+                    {"frames": data.get("frames"), "masks": entry.get("masks")})
+            if video in dataset.videos():
+                for expr in dataset.video_expressions(video):
+                    if texts.get(expr.text):
+                        entry = texts[expr.text].pop(0)
+                        self.masks[(video, expr.exp_id)] = self._frames(entry, f"sentence {expr.text!r}")
+        else:
+            raise DatasetError(f"{self.path}: expected the masks.json of `ssa-rvos predict --format rle` "
+                               "({'videos': {video: {exp_id: {'frames', 'masks'}}}}) or of `ssa-rvos segment "
+                               "--format rle`")
+
+    def _frames(self, entry, where: str) -> dict[str, dict]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("frames"), list)
+                and isinstance(entry.get("masks"), list) and len(entry["frames"]) == len(entry["masks"])):
+            raise DatasetError(f"{self.path}: {where} needs 'frames' and 'masks' lists of the same length")
+        return dict(zip(map(str, entry["frames"]), entry["masks"]))
+
+    def has(self, video: str, exp_id: str) -> bool:
+        return (video, exp_id) in self.masks
+
+    def read(self, expr: Expression, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+        from ..data.masks import decode_checked, rle_check
+
+        frames = self.masks.get((expr.video, expr.exp_id), {})
+        out = np.zeros((len(expr.frames), *size), dtype=bool)
+        absent = []
+        for t, frame in enumerate(expr.frames):
+            rle = frames.get(frame)
+            if rle is None:
+                absent.append(frame)
+                continue
+            where = f"{self.path}: video {expr.video!r} expression {expr.exp_id} frame {frame!r}"
+            try:
+                compact = rle_check(rle)
+            except (ValueError, TypeError) as e:
+                raise DatasetError(f"{where}: {e}") from None
+            if tuple(compact["size"]) != tuple(size):
+                raise DatasetError(f"{where}: the mask is {compact['size'][0]}x{compact['size'][1]}, the frame is "
+                                   f"{size[0]}x{size[1]}")
+            out[t] = decode_checked(compact)
+        return out, absent
+
+
+def open_predictions(path: str | os.PathLike, dataset) -> PredictionFolders | PredictionRLE:
+    """The predictions at ``path``: a folder of PNG folders, or a ``.json`` file of RLEs."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return PredictionRLE(path, dataset)
+    if path.is_file():
+        raise DatasetError(f"{path}: expected a predictions folder ({PredictionFolders.layout}) or a .json file "
+                           f"({PredictionRLE.layout})")
+    return PredictionFolders(path)
+
+
+def _score_video(dataset, source, video: str, indices: Sequence[int]) -> list[tuple[int, ExpressionScore]]:
+    """Score the expressions ``indices`` (of ``dataset.expressions``, all of one video); the ground truth
+    of the video is decoded once for all of them."""
+    exprs = [dataset.expressions[i] for i in indices]
+    present = [source.has(e.video, e.exp_id) for e in exprs]
+    targets = dataset.video_target_masks([e for e, p in zip(exprs, present) if p])
+    out = []
+    for i, expr, has in zip(indices, exprs, present):
+        if not has:
+            out.append((i, ExpressionScore(expr.video, expr.exp_id, expr.text, 0.0, 0.0, len(expr.frames), "missing")))
+            continue
+        gt = next(targets)
+        pred, absent = source.read(expr, gt.shape[1:])
+        j, f = j_and_f(gt, pred)
+        out.append((i, ExpressionScore(expr.video, expr.exp_id, expr.text, float(np.mean(j)), float(np.mean(f)),
+                                       len(expr.frames), "incomplete" if absent else "ok")))
+    return out
 
 
 _WORKER_STATE: dict = {}
 
 
-def _worker_init(dataset, predictions: Path) -> None:
-    _WORKER_STATE["dataset"], _WORKER_STATE["predictions"] = dataset, predictions
+def _worker_init(dataset, source) -> None:
+    _WORKER_STATE["dataset"], _WORKER_STATE["source"] = dataset, source
 
 
-def _worker_score(index: int) -> ExpressionScore:
-    dataset = _WORKER_STATE["dataset"]
-    return _score_expression(dataset, dataset.expressions[index], _WORKER_STATE["predictions"])
+def _worker_score(job: tuple[str, list[int]]) -> list[tuple[int, ExpressionScore]]:
+    return _score_video(_WORKER_STATE["dataset"], _WORKER_STATE["source"], *job)
 
 
-def _scores(dataset, predictions: Path, *, workers: int, progress: bool) -> list[ExpressionScore]:
+def default_workers(jobs: int) -> int:
+    """The cores this process may run on (its CPU affinity, which schedulers and containers set),
+    capped by the number of jobs (videos)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, jobs))
+
+
+def _scores(dataset, source, *, workers: int | None, progress: bool) -> list[ExpressionScore]:
     from tqdm import tqdm
 
-    n = len(dataset.expressions)
-    bar = tqdm(total=n, desc=f"evaluate {dataset.name} {dataset.split}", unit="exp", disable=not progress)
-    if workers <= 1 or n < 2:
-        scores = []
-        for expr in dataset.expressions:
-            scores.append(_score_expression(dataset, expr, predictions))
-            bar.update()
+    by_video: dict[str, list[int]] = {}
+    for i, expr in enumerate(dataset.expressions):
+        by_video.setdefault(expr.video, []).append(i)
+    jobs = list(by_video.items())
+    workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
+    bar = tqdm(total=len(dataset.expressions), desc=f"evaluate {dataset.name} {dataset.split}", unit="exp",
+               disable=not progress)
+    scores: list[ExpressionScore | None] = [None] * len(dataset.expressions)
+    if workers <= 1:
+        results = (_score_video(dataset, source, *job) for job in jobs)
+        pool = None
+    else:
+        import multiprocessing as mp
+
+        # Annotations kept in memory (MeViS' mask_dict.json) are read once here and inherited by the
+        # forked workers; the pool starts once and takes one video at a time, in the split's order.
+        dataset.load_masks()
+        context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        pool = context.Pool(workers, initializer=_worker_init, initargs=(dataset, source))
+        results = pool.imap(_worker_score, jobs, chunksize=1)
+    try:
+        for done in results:
+            for i, score in done:
+                scores[i] = score
+            bar.update(len(done))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
         bar.close()
-        return scores
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    # Decode one expression first so that lazily loaded annotations (MeViS' mask_dict.json) are
-    # read once here and inherited by the forked workers instead of being re-read by each.
-    first = _score_expression(dataset, dataset.expressions[0], predictions)
-    bar.update()
-    context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(dataset, predictions)) as pool:
-        rest = []
-        for score in pool.map(_worker_score, range(1, n), chunksize=8):
-            rest.append(score)
-            bar.update()
-    bar.close()
-    return [first, *rest]
+    return scores  # type: ignore[return-value]
 
 
-def evaluate_predictions(dataset, predictions: str | os.PathLike, *, workers: int = 1,
+def evaluate_predictions(dataset, predictions: str | os.PathLike, *, workers: int | None = None,
                          progress: bool = False) -> EvaluationReport:
-    """Score ``predictions`` on every expression of ``dataset`` (a reader with ground truth).
+    """Score ``predictions`` (a folder of PNG folders or an RLE ``.json``, see :func:`open_predictions`)
+    on every expression of ``dataset`` (a reader with ground truth). workers: processes scoring videos
+    (None: :func:`default_workers`).
 
     Ref-DAVIS17 readers are scored with the DAVIS protocol (:func:`evaluate_davis`).
     """
-    predictions = Path(predictions)
-    if not predictions.is_dir():
-        raise DatasetError(f"{predictions}: predictions folder not found (expected <video>/<exp_id>/<frame>.png)")
     if not dataset.has_masks:
         raise DatasetError(f"{dataset.root}: split {dataset.split!r} of {dataset.name} has no ground truth "
                            "(a server split: make a submission with `ssa-rvos submit`)")
+    source = predictions if hasattr(predictions, "read") else open_predictions(predictions, dataset)
     benchmark = BENCHMARKS.get(dataset.name)  # SynthRef reads as "mevis"; A2D and others score per expression
     if benchmark is not None and benchmark.protocol == "davis":
-        return evaluate_davis(dataset, predictions, progress=progress)
-    scores = _scores(dataset, predictions, workers=workers, progress=progress)
+        return evaluate_davis(dataset, source, progress=progress)
+    scores = _scores(dataset, source, workers=workers, progress=progress)
     j = float(np.mean([s.j for s in scores])) if scores else 0.0
     f = float(np.mean([s.f for s in scores])) if scores else 0.0
     return EvaluationReport(
@@ -180,9 +301,9 @@ def evaluate_predictions(dataset, predictions: str | os.PathLike, *, workers: in
     )
 
 
-def evaluate_davis(dataset, predictions: str | os.PathLike, *, progress: bool = False) -> EvaluationReport:
+def evaluate_davis(dataset, predictions, *, progress: bool = False) -> EvaluationReport:
     """Ref-DAVIS17: merge each annotator's predictions per video, DAVIS-2017 unsupervised protocol
-    per annotator, mean of the four (spec Sec. 8)."""
+    per annotator, mean of the four (spec Sec. 8). predictions: a path or an :func:`open_predictions` source."""
     from tqdm import tqdm
 
     from .davis import (
@@ -194,7 +315,7 @@ def evaluate_davis(dataset, predictions: str | os.PathLike, *, progress: bool = 
         summarize,
     )
 
-    predictions = Path(predictions)
+    source = predictions if hasattr(predictions, "read") else open_predictions(predictions, dataset)
     per_annotator_j: list[list[np.ndarray]] = [[] for _ in range(4)]
     per_annotator_f: list[list[np.ndarray]] = [[] for _ in range(4)]
     scores: list[ExpressionScore] = []
@@ -206,10 +327,9 @@ def evaluate_davis(dataset, predictions: str | os.PathLike, *, progress: bool = 
         for k in range(4):
             masks = []
             for expr in (e for e in exprs if dataset.annotator(e) == k):
-                folder = predictions / video / expr.exp_id
                 status = "ok"
-                if folder.is_dir():
-                    pred, absent = read_prediction(folder, expr.frames, size)
+                if source.has(video, expr.exp_id):
+                    pred, absent = source.read(expr, size)
                     status = "incomplete" if absent else "ok"
                 else:
                     pred, status = np.zeros((len(expr.frames), *size), dtype=bool), "missing"

@@ -3,7 +3,10 @@
 Output: ``<output>/<video>/<exp_id>/<frame>.png`` (0/255), the layout every evaluator and server reads.
 Each expression's folder is written under a temporary name and renamed when complete
 (:func:`ssa_rvos.fileio.atomic_dir`), so an interrupted run leaves no half-written expression, a rerun
-skips what is already there and removes what the interrupted run left.
+skips what is already there and removes what the interrupted run left. With ``format="rle"`` each
+expression is one ``<output>/<video>/<exp_id>.rle.json`` (COCO RLE per frame) instead, and
+:func:`collect_rle` gathers them into ``<output>/masks.json``, which ``ssa-rvos evaluate --predictions``
+reads without decoding a single PNG.
 
 Inference is :class:`ssa_rvos.predictor.SSAPredictor`, the engine behind ``ssa-rvos segment`` too: per
 distinct frame list of a video, its frames are decoded and resized once (``init_state``) and all its
@@ -27,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..benchmarks import BENCHMARKS
-from ..data.masks import write_mask_png
+from ..data.masks import rle_encode, write_json_atomic, write_mask_png
 from ..fileio import atomic_dir, remove_temporaries
 
 
@@ -43,15 +46,45 @@ class PredictionStats:
         self.videos += other.videos
 
 
-def expression_done(output: Path, video: str, exp_id: str) -> bool:
+FORMATS = ("png", "rle")
+RLE_SUFFIX = ".rle.json"
+MASKS_JSON = "masks.json"
+
+
+def expression_done(output: Path, video: str, exp_id: str, format: str = "png") -> bool:
+    if format == "rle":
+        return (output / video / f"{exp_id}{RLE_SUFFIX}").is_file()
     return (output / video / exp_id).is_dir()
 
 
-def write_expression(output: Path, video: str, exp_id: str, frames: Sequence[str], masks: np.ndarray) -> None:
-    """masks: (T, H, W) bool -> ``output/video/exp_id/<frame>.png``, appearing all at once."""
+def write_expression(output: Path, video: str, exp_id: str, frames: Sequence[str], masks: np.ndarray,
+                     format: str = "png") -> None:
+    """masks: (T, H, W) bool -> ``output/video/exp_id/<frame>.png`` (or ``output/video/exp_id.rle.json``),
+    appearing all at once."""
+    if format == "rle":
+        (output / video).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output / video / f"{exp_id}{RLE_SUFFIX}", {
+            "frames": list(frames), "size": list(masks.shape[1:]), "masks": [rle_encode(m) for m in masks]})
+        return
     with atomic_dir(output / video / exp_id) as tmp:
         for t, frame in enumerate(frames):
             write_mask_png(tmp / f"{frame}.png", masks[t])
+
+
+def collect_rle(dataset, output: str | os.PathLike) -> Path:
+    """Gather the ``<video>/<exp_id>.rle.json`` files of ``dataset``'s expressions in ``output`` into one
+    ``output/masks.json`` (``{"dataset", "split", "videos": {video: {exp_id: {"frames", "size", "masks"}}}}``),
+    written atomically; expressions without a file are left out. Returns its path."""
+    from ..data.expressions import read_json
+
+    output = Path(output)
+    videos: dict[str, dict] = {}
+    for expr in dataset.expressions:
+        path = output / expr.video / f"{expr.exp_id}{RLE_SUFFIX}"
+        if path.is_file():
+            videos.setdefault(expr.video, {})[expr.exp_id] = read_json(path, "prediction file")
+    write_json_atomic(output / MASKS_JSON, {"dataset": dataset.name, "split": dataset.split, "videos": videos})
+    return output / MASKS_JSON
 
 
 def shard_videos(videos: Sequence[str], rank: int, world_size: int) -> list[str]:
@@ -100,13 +133,16 @@ def make_predictor(model, dataset_name: str, *, selection: str | None = None, sh
 def predict_split(model, dataset, output: str | os.PathLike, *, selection: str | None = None,
                   short_side: int | None = None, frame_chunk: int | None = 18, threshold: float = 0.5,
                   amp: bool = False, progress: bool = False, rank: int = 0, world_size: int = 1,
-                  **predictor_options) -> PredictionStats:
+                  format: str = "png", **predictor_options) -> PredictionStats:
     """Predict every expression of ``dataset`` not yet in ``output`` (resumable); with ``world_size`` > 1,
     only this process's share of the videos (:func:`shard_videos`). Returns this process's counts.
 
     amp: bf16 autocast on CUDA (False: fp32 everywhere). frame_chunk None: the frame stage on all
-    frames at once. Other keywords go to :class:`~ssa_rvos.predictor.SSAPredictor`.
+    frames at once. format: "png" folders or "rle" files (then :func:`collect_rle` once every process is
+    done). Other keywords go to :class:`~ssa_rvos.predictor.SSAPredictor`.
     """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     from tqdm import tqdm
 
     output = Path(output)
@@ -121,7 +157,7 @@ def predict_split(model, dataset, output: str | os.PathLike, *, selection: str |
         exprs = dataset.video_expressions(video)
         # this process is the only writer of this video's folder: what is temporary there is debris
         remove_temporaries(output / video)
-        todo = [e for e in exprs if not expression_done(output, video, e.exp_id)]
+        todo = [e for e in exprs if not expression_done(output, video, e.exp_id, format)]
         stats.skipped += len(exprs) - len(todo)
         bar.update(len(exprs) - len(todo))
         # Expressions of one video may list the same frames (they always do in these benchmarks): one
@@ -134,7 +170,7 @@ def predict_split(model, dataset, output: str | os.PathLike, *, selection: str |
                 stats.videos += 1
                 results = predictor.segment(state, [e.text for e in group])
             for expr, result in zip(group, results):
-                write_expression(output, video, expr.exp_id, frame_names, result.masks)
+                write_expression(output, video, expr.exp_id, frame_names, result.masks, format)
                 stats.written += 1
                 bar.update()
     bar.close()

@@ -1,0 +1,263 @@
+"""The fast evaluation path: a light import, the PNG decoders, predictions in RLE, the per-video ground
+truth and the worker default. (The J and F values themselves are checked against the reference in
+test_metrics.py.)"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ssa_rvos.data.masks as masks_mod
+from ssa_rvos.cli import main
+from ssa_rvos.data import MeViS
+from ssa_rvos.data.expressions import DatasetError
+from ssa_rvos.data.masks import read_label_png, read_mask_png, write_mask_png
+from ssa_rvos.evaluation.evaluate import default_workers, evaluate_predictions
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+# ------------------------------------------------------------------------------------------ light import
+
+
+def test_evaluate_imports_no_torch(mevis_root, tmp_path):
+    """`ssa-rvos evaluate` on prediction folders runs without importing torch or any model code."""
+    root, infos = mevis_root
+    for e in infos["valid_u"]["expressions"]:
+        for t, frame in enumerate(e["frames"]):
+            write_mask_png(tmp_path / "pred" / e["video"] / e["exp_id"] / f"{frame}.png",
+                           infos["valid_u"]["target_masks"][(e["video"], e["exp_id"])][t])
+    code = ("import sys; from ssa_rvos.cli import main; "
+            f"code = main(['evaluate', '--dataset', 'mevis', '--root', {str(root)!r}, '--split', 'valid_u', "
+            f"'--predictions', {str(tmp_path / 'pred')!r}, '--workers', '1']); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'open_clip', 'timm') "
+            "or m.startswith('ssa_rvos.modeling')); print(code, heavy)")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
+    assert "100.00" in done.stdout  # the ground truth as prediction: a perfect score
+
+
+def test_the_package_names_load_on_first_use():
+    code = ("import sys, ssa_rvos; light = 'torch' not in sys.modules; "
+            "from ssa_rvos import SSA, SSAPredictor, build_model; print(light, 'torch' in sys.modules, "
+            "SSA.__name__, SSAPredictor.__name__, 'build_model' in dir(ssa_rvos))")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout.split() == ["True", "True", "SSA", "SSAPredictor", "True"], done.stderr
+
+
+# ------------------------------------------------------------------------------------------- PNG decoders
+
+
+def _png(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def _kinds(rng) -> dict[str, tuple[bytes, np.ndarray]]:
+    """PNG bytes of every kind a benchmark or a server uses, each with the mask it must read as."""
+    labels = (rng.random((23, 31)) * 4).astype(np.uint8)
+    labels[0, 0], labels[-1, -1] = 0, 3
+    palette = Image.new("P", (31, 23))
+    palette.putdata(list(labels.ravel()))
+    # index 2 is black in this palette: a colour-based reader would miss it, the indices say foreground
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 0, 0, 128, 128, 0] + [0] * (252 * 3))
+    rgb = np.zeros((23, 31, 3), np.uint8)
+    rgb[..., rng.integers(0, 3)] = labels * 50  # one channel carries it
+    rgba = np.dstack([rgb, np.full((23, 31), 255, np.uint8)])
+    rgba[labels == 0, 3] = 0  # a transparent background changes nothing: alpha is ignored
+    return {
+        "L 0/255": (_png(Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8))), labels > 0),
+        "L labels": (_png(Image.fromarray(labels)), labels > 0),
+        "L optimised": (_png(Image.fromarray(labels * 60), optimize=True), labels > 0),
+        "1 bit": (_png(Image.fromarray(labels > 1).convert("1")), labels > 1),
+        "P": (_png(palette), labels > 0),
+        "P 2-bit": (_png(palette, bits=2), labels > 0),
+        "RGB": (_png(Image.fromarray(rgb)), labels > 0),
+        "RGBA": (_png(Image.fromarray(rgba)), labels > 0),
+        "16-bit": (_png(Image.fromarray(labels.astype(np.uint16) * 1000)), labels > 0),
+    }
+
+
+def test_every_png_kind_reads_as_the_same_mask_with_and_without_libspng(tmp_path, monkeypatch):
+    kinds = _kinds(np.random.default_rng(0))
+    paths = {}
+    for i, (name, (data, _)) in enumerate(kinds.items()):
+        paths[name] = tmp_path / f"{i}.png"
+        paths[name].write_bytes(data)
+    fast = {name: read_mask_png(path) for name, path in paths.items()}
+    monkeypatch.setattr(masks_mod, "_spng", lambda: None)  # the Pillow fallback
+    slow = {name: read_mask_png(path) for name, path in paths.items()}
+    for name, (_, expected) in kinds.items():
+        assert fast[name].dtype == bool and np.array_equal(fast[name], expected), name
+        assert np.array_equal(slow[name], expected), name
+    for name in ("L labels", "P", "1 bit"):  # what the label reader gives, where it reads the kind at all
+        assert np.array_equal(read_label_png(paths[name]) > 0, fast[name])
+
+
+def test_libspng_takes_the_common_kinds(tmp_path, monkeypatch):
+    """8-bit grayscale, RGB and RGBA go through libspng; palettes and 16-bit through Pillow."""
+    calls = []
+    real = masks_mod._spng()
+    assert real is not None  # a dependency: the fast path is what users get
+
+    class Spy:
+        @staticmethod
+        def load(data):
+            calls.append(len(data))
+            return real.load(data)
+
+    monkeypatch.setattr(masks_mod, "_spng", lambda: Spy)
+    for name, (data, _) in _kinds(np.random.default_rng(1)).items():
+        path = tmp_path / "x.png"
+        path.write_bytes(data)
+        before = len(calls)
+        read_mask_png(path)
+        assert (len(calls) > before) == name.startswith(("L", "RGB")), name
+
+
+def test_into_a_stack_and_size_and_damage_errors(tmp_path):
+    mask = np.zeros((6, 9), bool)
+    mask[2:4, 3:7] = True
+    write_mask_png(tmp_path / "a.png", mask)
+    stack = np.ones((2, 6, 9), bool)
+    read_mask_png(tmp_path / "a.png", out=stack[1])
+    assert np.array_equal(stack[1], mask) and stack[0].all()
+    with pytest.raises(DatasetError, match=r"a.png: prediction is 6x9, the frame is 9x6"):
+        read_mask_png(tmp_path / "a.png", out=np.zeros((9, 6), bool))
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])  # libspng refuses it; Pillow names the problem
+    with pytest.raises(DatasetError, match=r"cut.png: not a readable image"):
+        read_mask_png(tmp_path / "cut.png")
+    with pytest.raises(DatasetError, match=r"none.png: file not found"):
+        read_mask_png(tmp_path / "none.png")
+
+
+def test_a_bomb_sized_header_is_left_to_pillow(tmp_path, monkeypatch):
+    """A PNG whose header declares more pixels than Pillow's limit is not decoded by libspng: Pillow
+    refuses it by name (the decompression-bomb rule of every other image reader)."""
+    write_mask_png(tmp_path / "a.png", np.ones((40, 40), bool))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DatasetError, match=r"a.png: not a readable image.*exceeds"):
+        read_mask_png(tmp_path / "a.png")
+
+
+# ---------------------------------------------------------------------------------- ground truth, workers
+
+
+def test_per_video_ground_truth_equals_each_expressions_own(mevis_root):
+    root, _ = mevis_root
+    dataset = MeViS(root, "valid_u")
+    for video in dataset.videos():
+        exprs = dataset.video_expressions(video)
+        assert any(len(e.anno_ids) > 1 for e in dataset.expressions)  # a multi-object expression is among them
+        for expr, target in zip(exprs, dataset.video_target_masks(exprs), strict=True):
+            assert target.shape == (len(expr.frames), *dataset.frame_size(video))
+            assert np.array_equal(target, dataset.target_masks(expr))
+
+
+def test_default_workers_are_the_allowed_cores_capped_by_the_videos(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})
+    assert [default_workers(n) for n in (0, 1, 2, 3, 50)] == [1, 1, 2, 3, 3]
+
+
+# ------------------------------------------------------------------------------------------ RLE predictions
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_model, tmp_path):
+    from ssa_rvos.checkpoint import save_model
+
+    path = tmp_path / "tiny.safetensors"
+    save_model(tiny_model, path)
+    return path
+
+
+def test_predict_rle_scores_as_the_png_folders(mevis_root, tiny_checkpoint, tmp_path, capsys):
+    root, _ = mevis_root
+    common = ["--model", str(tiny_checkpoint), "--dataset", "mevis", "--root", str(root), "--split", "valid_u",
+              "--device", "cpu", "--short-side", "32"]
+    assert main(["predict", *common, "-o", str(tmp_path / "png")]) == 0
+    assert main(["predict", *common, "--format", "rle", "-o", str(tmp_path / "rle")]) == 0
+    assert "wrote" in capsys.readouterr().err and (tmp_path / "rle" / "masks.json").is_file()
+    dataset = MeViS(root, "valid_u")
+    # the same masks, one expression at a time
+    for expr in dataset.expressions:
+        entry = json.loads((tmp_path / "rle" / expr.video / f"{expr.exp_id}.rle.json").read_text())
+        assert entry["frames"] == list(expr.frames)
+        pngs = [read_mask_png(tmp_path / "png" / expr.video / expr.exp_id / f"{f}.png") for f in expr.frames]
+        assert all(np.array_equal(masks_mod.rle_decode(r), p) for r, p in zip(entry["masks"], pngs))
+    # and the same report, without a PNG read
+    from_png = evaluate_predictions(dataset, tmp_path / "png", workers=1)
+    monkeypatch_free = evaluate_predictions(dataset, tmp_path / "rle" / "masks.json", workers=2)
+    assert from_png.to_dict() == monkeypatch_free.to_dict()
+    assert 0 < from_png.jf < 1 and from_png.missing == []
+    # a rerun skips everything and writes the same file
+    before = (tmp_path / "rle" / "masks.json").read_bytes()
+    assert main(["predict", *common, "--format", "rle", "-o", str(tmp_path / "rle")]) == 0
+    assert "predicted 0 expressions, 5 already" in capsys.readouterr().err
+    assert (tmp_path / "rle" / "masks.json").read_bytes() == before
+
+
+def test_evaluate_reads_an_rle_file_without_decoding_pngs(mevis_root, tmp_path, monkeypatch, capsys):
+    root, infos = mevis_root
+    dataset = MeViS(root, "valid_u")
+    rng = np.random.default_rng(4)
+    videos: dict = {}
+    for e in infos["valid_u"]["expressions"]:
+        target = infos["valid_u"]["target_masks"][(e["video"], e["exp_id"])]
+        pred = target ^ (rng.random(target.shape) < 0.05)
+        for t, frame in enumerate(e["frames"]):
+            write_mask_png(tmp_path / "pred" / e["video"] / e["exp_id"] / f"{frame}.png", pred[t])
+        videos.setdefault(e["video"], {})[e["exp_id"]] = {
+            "frames": list(e["frames"]), "masks": [masks_mod.rle_encode(m) for m in pred]}
+    (tmp_path / "masks.json").write_text(json.dumps({"videos": videos}))
+    from_png = evaluate_predictions(dataset, tmp_path / "pred", workers=1)
+
+    def no_png(*args, **kwargs):
+        raise AssertionError("a PNG was read")
+
+    monkeypatch.setattr("ssa_rvos.evaluation.evaluate.read_mask_png", no_png)
+    assert main(["evaluate", "--dataset", "mevis", "--root", str(root), "--split", "valid_u", "--predictions",
+                 str(tmp_path / "masks.json"), "--output", str(tmp_path / "report.json"), "--workers", "1"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(from_png.to_dict()))
+    # a damaged entry is one line naming the file, video, expression and frame
+    e = infos["valid_u"]["expressions"][0]
+    videos[e["video"]][e["exp_id"]]["masks"][1] = {"size": [2, 2], "counts": "0"}
+    (tmp_path / "bad.json").write_text(json.dumps({"videos": videos}))
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", "mevis", "--root", str(root), "--split", "valid_u", "--predictions",
+                 str(tmp_path / "bad.json"), "--workers", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(tmp_path / "bad.json") in err and repr(e["video"]) in err and repr(e["frames"][1]) in err
+
+
+def test_evaluate_reads_segments_masks_json_of_a_dataset_video(mevis_root, segment_model, tmp_path, capsys):
+    """`segment --format rle` on a video's frame folder with its sentences: the file scores like the
+    same masks written as PNG folders."""
+    root, _ = mevis_root
+    _, checkpoint = segment_model
+    dataset = MeViS(root, "valid_u")
+    video = dataset.videos()[0]
+    exprs = dataset.video_expressions(video)
+    argv = ["segment", str(dataset.image_dir / video), "-o", str(tmp_path / "seg"), "--model", str(checkpoint),
+            "--format", "both", "--quiet"]
+    for expr in exprs:
+        argv += ["-t", expr.text]
+    assert main(argv) == 0
+    for i, expr in enumerate(exprs):  # the PNG folders under the dataset's names
+        (tmp_path / "pred" / video).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "seg" / str(i)).rename(tmp_path / "pred" / video / expr.exp_id)
+    from_png = evaluate_predictions(dataset, tmp_path / "pred", workers=1)
+    from_rle = evaluate_predictions(dataset, tmp_path / "seg" / "masks.json", workers=1)
+    assert from_rle.to_dict() == from_png.to_dict()
+    assert len(from_rle.missing) == len(dataset.expressions) - len(exprs)  # the other video has none
