@@ -407,10 +407,10 @@ def test_random_masks_fast_equals_reference(size):
         assert np.array_equal(f, boundary_f_reference(gt, pred, void, bound_th=bound_th))
 
 
-@pytest.mark.parametrize("method", ["sparse", "dense"])
+@pytest.mark.parametrize("method", ["rows", "sparse", "dense"])
 def test_both_matching_methods_equal_reference(method):
-    """The k-d tree and the feature-transform paths, forced on sparse and dense boundaries alike."""
-    rng = np.random.default_rng(11 if method == "sparse" else 12)
+    """The row-run, k-d tree and feature-transform paths, forced on sparse and dense boundaries alike."""
+    rng = np.random.default_rng({"rows": 10, "sparse": 11, "dense": 12}[method])
     for kind in ["noise", "blobs", "shapes", "shapes"]:
         h, w = int(rng.integers(20, 90)), int(rng.integers(20, 90))
         gt = random_masks(rng, (4, h, w), kind)

@@ -17,8 +17,10 @@ How F is made fast without changing a single value. The toolkit dilates each 1-p
 a disk of radius ``r`` (offsets ``dy**2 + dx**2 <= r**2``) and counts, for each boundary, its pixels that lie
 inside the dilated other boundary. A pixel lies inside ``dilate(B, disk(r))`` exactly when some pixel of ``B``
 is at squared Euclidean distance ``<= r**2`` from it. So only the boundary pixels themselves need to be
-tested: for sparse boundaries (the normal case: a few thousand pixels) a k-d tree of one boundary answers a
-nearest-neighbour query for every pixel of the other one; for dense boundaries (noise-like masks) the exact
+tested: for sparse boundaries (the normal case: a few thousand pixels) each pixel of one boundary looks up,
+row by row of the disk around it, whether the other boundary has a pixel in that row's run (one difference
+of row-wise prefix counts; a k-d tree nearest-neighbour query gives the same answer, kept as a second
+method); for dense boundaries (noise-like masks) the exact
 Euclidean feature transform of :func:`scipy.ndimage.distance_transform_edt` is computed on the bounding box of
 both boundaries. Either way the decision compares an integer squared distance with ``r**2`` (the k-d tree
 with a bound of ``sqrt(r2 + 0.5)``, half an integer away from every possible squared distance), so the counts,
@@ -134,6 +136,34 @@ def _count_within_sparse(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
     return int(np.count_nonzero(dist < bound))
 
 
+def _count_within_rows(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
+    """Number of points of ``src`` (n, 2) with a ``True`` pixel of the map ``dst`` at squared distance
+    ``<= r2``, row by row: the disk is the rows ``dy = -R..R`` (``R = isqrt(r2)``), each a run of half-width
+    ``isqrt(r2 - dy**2)``, and whether a run of ``dst`` holds a pixel is one difference of its row-wise
+    cumulative sum. Rows are tried nearest first, each only for the points not matched yet."""
+    h, w = dst.shape
+    reach = math.isqrt(r2)
+    stride = w + 1
+    # row-wise prefix counts, one zero column in front and ``reach`` zero rows above and below
+    prefix = np.zeros((h + 2 * reach) * stride, dtype=np.int32)
+    np.cumsum(dst, axis=1, dtype=np.int32, out=prefix.reshape(h + 2 * reach, stride)[reach:reach + h, 1:])
+    xs = src[:, 1]
+    base = (src[:, 0] + reach) * stride
+    matched = 0
+    for dy in sorted(range(-reach, reach + 1), key=abs):
+        half = math.isqrt(r2 - dy * dy)
+        row = base + dy * stride
+        hit = prefix[row + np.minimum(xs + half, w - 1) + 1] > prefix[row + np.maximum(xs - half, 0)]
+        n = int(np.count_nonzero(hit))
+        if n:
+            matched += n
+            keep = ~hit
+            xs, base = xs[keep], base[keep]
+            if xs.size == 0:
+                break
+    return matched
+
+
 def _count_within_dense(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
     """Number of ``True`` pixels of ``src`` with a ``True`` pixel of ``dst`` (same-shape maps, ``dst``
     non-empty) at squared distance ``<= r2``, via the exact Euclidean feature transform."""
@@ -160,7 +190,9 @@ def _matches(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str = "auto") 
     x1 = max(gt_pts[:, 1].max(), fg_pts[:, 1].max()) + 1
     if method == "auto":
         dense = len(gt_pts) + len(fg_pts) > _DENSE_FRACTION * (y1 - y0) * (x1 - x0)
-        method = "dense" if dense else "sparse"
+        method = "dense" if dense else "rows"
+    if method == "rows":
+        return _count_within_rows(fg_pts, gt_b, r2), _count_within_rows(gt_pts, fg_b, r2)
     if method == "sparse":
         return _count_within_sparse(fg_pts, gt_pts, r2), _count_within_sparse(gt_pts, fg_pts, r2)
     if method == "dense":
