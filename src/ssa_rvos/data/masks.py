@@ -93,32 +93,31 @@ def rle_decode(rle: dict) -> np.ndarray:
 
 def decode_checked(compact: dict) -> np.ndarray:
     """The (H, W) bool mask of an RLE that :func:`rle_check` returned."""
-    return _mask_api().decode(compact).astype(bool)
+    return _mask_api().decode({"size": compact["size"], "counts": compact["counts"]}).astype(bool)
 
 
 def decode_stack(compacts: Sequence[dict | None], size: tuple[int, int]) -> np.ndarray:
-    """Checked RLEs (:func:`rle_check`; None: an empty frame) of one size, decoded in one pycocotools call
-    -> a ``(T, W, H)`` C-contiguous bool array: the masks in column-major order, as pycocotools decodes
-    them (``.transpose(0, 2, 1)`` is the (T, H, W) view)."""
+    """Checked RLEs (:func:`rle_check`; None: an empty frame) of one size -> a ``(T, W, H)`` C-contiguous
+    bool array: the masks in column-major order, the order RLE runs are in (``.transpose(0, 2, 1)`` is the
+    (T, H, W) view). Each foreground run is one slice assignment (the run lengths are already parsed by
+    the check): several times faster than pycocotools' decode of the same RLEs."""
     h, w = size
-    if not compacts:
-        return np.zeros((0, w, h), dtype=bool)
-    mask_api = _mask_api()
-    empty = None
-    batch = []
-    for compact in compacts:
+    out = np.zeros((len(compacts), w, h), dtype=bool)  # fresh zero pages: only foreground is written
+    flat = out.reshape(len(compacts), h * w)
+    for t, compact in enumerate(compacts):
         if compact is None:
-            if empty is None:
-                empty = mask_api.encode(np.zeros((h, w, 1), dtype=np.uint8, order="F"))[0]
-            compact = empty
-        batch.append(compact)
-    planes = mask_api.decode(batch)  # (H, W, T) uint8, Fortran order: memory is (T, W, H)
-    return np.ascontiguousarray(planes.transpose(2, 1, 0)).view(bool)
+            continue
+        ends = np.cumsum(compact["runs"])  # runs alternate background, foreground, ...
+        row = flat[t]
+        for start, stop in zip(ends[0:-1:2].tolist(), ends[1::2].tolist()):
+            row[start:stop] = True
+    return out
 
 
 def rle_check(rle: dict) -> dict:
     """Validate a COCO RLE as :func:`rle_decode` does, without decoding it: returns the compact form
-    (``size`` and compressed ``counts`` bytes) that pycocotools decodes, or raises a ValueError."""
+    (``size`` and compressed ``counts`` bytes) that pycocotools decodes, plus the run lengths it was
+    checked with (``runs``), or raises a ValueError."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("an RLE must be a dict with 'size' and 'counts'")
     size = rle["size"]
@@ -134,6 +133,7 @@ def rle_check(rle: dict) -> dict:
         if sum(counts) != size[0] * size[1]:
             raise ValueError(f"RLE counts sum to {sum(counts)}, expected {size[0]}x{size[1]} = {size[0] * size[1]}")
         compact = mask_api.frPyObjects({"size": size, "counts": counts}, size[0], size[1])
+        compact["runs"] = np.asarray(counts, dtype=np.int64)
     elif isinstance(counts, (str, bytes)):
         try:
             data = counts.encode("ascii") if isinstance(counts, str) else counts
@@ -145,7 +145,7 @@ def rle_check(rle: dict) -> dict:
         if int(runs.sum()) != size[0] * size[1]:
             raise ValueError(f"RLE counts sum to {int(runs.sum())}, expected {size[0]}x{size[1]} = "
                              f"{size[0] * size[1]}")
-        compact = {"size": size, "counts": data}
+        compact = {"size": size, "counts": data, "runs": runs}
     else:
         raise ValueError(f"RLE 'counts' must be a string or a list of integers, got {type(counts).__name__}")
     return compact

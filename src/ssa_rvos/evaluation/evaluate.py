@@ -166,15 +166,18 @@ class PredictionRLE:
         return (video, exp_id) in self.masks
 
     def read(self, expr: Expression, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-        from ..data.masks import decode_checked, rle_check
+        """(T, H, W) bool (a transposed view of a column-major stack, as RLEs decode) and the frames
+        without a mask."""
+        from ..data.masks import decode_stack, rle_check
 
         frames = self.masks.get((expr.video, expr.exp_id), {})
-        out = np.zeros((len(expr.frames), *size), dtype=bool)
+        compacts: list[dict | None] = []
         absent = []
-        for t, frame in enumerate(expr.frames):
+        for frame in expr.frames:
             rle = frames.get(frame)
             if rle is None:
                 absent.append(frame)
+                compacts.append(None)
                 continue
             where = f"{self.path}: video {expr.video!r} expression {expr.exp_id} frame {frame!r}"
             try:
@@ -184,8 +187,8 @@ class PredictionRLE:
             if tuple(compact["size"]) != tuple(size):
                 raise DatasetError(f"{where}: the mask is {compact['size'][0]}x{compact['size'][1]}, the frame is "
                                    f"{size[0]}x{size[1]}")
-            out[t] = decode_checked(compact)
-        return out, absent
+            compacts.append(compact)
+        return decode_stack(compacts, size).transpose(0, 2, 1), absent
 
 
 def open_predictions(path: str | os.PathLike, dataset) -> PredictionFolders | PredictionRLE:
