@@ -462,7 +462,8 @@ def evaluate_split(model: SSA, config: EvalConfig, *, workdir: str | os.PathLike
     Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="eval-", dir=workdir) as tmp:
         predict_split(model, dataset, tmp, short_side=config.short_side, frame_chunk=config.frame_chunk, amp=config.amp)
-        report = evaluate_predictions(dataset, tmp)
+        # in this process: no fork of a training process (torch threads, CUDA, process groups)
+        report = evaluate_predictions(dataset, tmp, workers=1)
     return {"J": report.j, "F": report.f, "J&F": report.jf}
 
 
