@@ -227,7 +227,8 @@ def main() -> None:
     print(f"machine: {results['machine']['cpu']} ({results['affinity_cores']} cores)")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"args": vars(args), **results}, indent=1))
+        shown = {**vars(args), "data": os.path.basename(str(data))}  # no path of this machine in the results
+        Path(args.output).write_text(json.dumps({"args": shown, **results}, indent=1))
     if not same:
         raise SystemExit("the runs disagree")
 
