@@ -75,6 +75,16 @@ def tiny_model():
     return build_model("ssa_tiny").eval()
 
 
+@pytest.fixture
+def tiny_checkpoint(tiny_model, tmp_path):
+    """The session's tiny random model as a checkpoint file."""
+    from ssa_rvos.checkpoint import save_model
+
+    path = tmp_path / "tiny.safetensors"
+    save_model(tiny_model, path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _eval_and_seed(request):
     torch.manual_seed(0)

@@ -185,13 +185,6 @@ def test_server_split_cannot_be_evaluated(tmp_path, capsys):
     assert "no ground truth" in capsys.readouterr().err
 
 
-@pytest.fixture
-def tiny_checkpoint(tiny_model, tmp_path):
-    from ssa_rvos.checkpoint import save_model
-
-    path = tmp_path / "tiny.safetensors"
-    save_model(tiny_model, path)
-    return path
 
 
 def test_predict_writes_every_expression_and_resumes(mevis, tiny_model, tmp_path, monkeypatch):

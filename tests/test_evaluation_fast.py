@@ -173,14 +173,6 @@ def test_default_workers_are_the_allowed_cores_capped_by_the_videos(monkeypatch)
 # ------------------------------------------------------------------------------------------ RLE predictions
 
 
-@pytest.fixture
-def tiny_checkpoint(tiny_model, tmp_path):
-    from ssa_rvos.checkpoint import save_model
-
-    path = tmp_path / "tiny.safetensors"
-    save_model(tiny_model, path)
-    return path
-
 
 def test_predict_rle_scores_as_the_png_folders(mevis_root, tiny_checkpoint, tmp_path, capsys):
     root, _ = mevis_root
@@ -198,8 +190,8 @@ def test_predict_rle_scores_as_the_png_folders(mevis_root, tiny_checkpoint, tmp_
         assert all(np.array_equal(masks_mod.rle_decode(r), p) for r, p in zip(entry["masks"], pngs))
     # and the same report, without a PNG read
     from_png = evaluate_predictions(dataset, tmp_path / "png", workers=1)
-    monkeypatch_free = evaluate_predictions(dataset, tmp_path / "rle" / "masks.json", workers=2)
-    assert from_png.to_dict() == monkeypatch_free.to_dict()
+    from_rle = evaluate_predictions(dataset, tmp_path / "rle" / "masks.json", workers=2)
+    assert from_png.to_dict() == from_rle.to_dict()
     assert 0 < from_png.jf < 1 and from_png.missing == []
     # a rerun skips everything and writes the same file
     before = (tmp_path / "rle" / "masks.json").read_bytes()
