@@ -495,6 +495,32 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .pretrained import DEFAULT_MODEL, resolve_weights
+
+    _check_at_least(args, 1, "max_frames")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    _resolve_device(args.device)
+    models = {}
+    for spec in args.model or [DEFAULT_MODEL]:
+        try:
+            resolve_weights(spec)  # a bad name fails here, not in the page
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"--model: {e}") from None
+        models[spec] = spec
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError('the web demo needs Gradio: pip install -e ".[demo]"') from None
+    from .demo import DemoEngine, serve
+
+    engine = DemoEngine(models, device=args.device, max_frames=args.max_frames)
+    print(f"ssa-rvos demo: serving on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    serve(engine, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, *, split_help: str) -> None:
     from .benchmarks import BENCHMARKS
 
@@ -629,6 +655,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, help="test resize short side (default: the model's, else 480)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("demo", help="the web demo: a page to segment an uploaded video (Gradio, pip install -e \".[demo]\")")
+    p.add_argument("--model", action="append", metavar="NAME_OR_PATH",
+                   help="a model for the page's picker (repeat for several; default: the bundled ssa_tiny.synthref)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, mps (default: "
+                   "%(default)s)")
+    p.add_argument("--max-frames", type=int, default=600,
+                   help="longest video a request may segment, in frames (default: %(default)s)")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("masks", help="convert MeViS mask_dict.json <-> <video>/<exp_id>/<frame>.png folders")
     msub = p.add_subparsers(dest="direction", required=True)
