@@ -19,9 +19,18 @@ low by construction. ``--short-side`` predicts at another size than the model's 
 ``--text`` prints instead how far apart the frozen CLIP puts sentences that differ in one word (what the
 decoders have to tell apart).
 
+``--sensitivity`` asks whether the sentence changes the answer at all. Every expression of a video is run
+on the same clip; then, for every ordered pair (a, b) of expressions of one video whose targets differ, the
+output for sentence b is scored against a's ground truth, as if the model had been given another sentence
+of the same video. A model that reads its sentence scores far lower with the wrong one; a model that
+ignores it scores the same. Also reported: how often the selected set of queries (score > 0.5) changes
+with the sentence, how far the video scores move (mean |s_a - s_b| over the queries), and how often the
+top query is the same.
+
     python scripts/synthref_diagnose.py --data datasets/synthref_heldout --model ssa_tiny.synthref --videos 40
     python scripts/synthref_diagnose.py --data datasets/synthref --split valid_u --thresholds 0.3,0.7,0.9
     python scripts/synthref_diagnose.py --text
+    python scripts/synthref_diagnose.py --data datasets/synthref_heldout --videos 40 --sensitivity
 """
 
 from __future__ import annotations
@@ -112,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thresholds", default="",
                    help="comma-separated score thresholds: add a union column for each (e.g. 0.3,0.7,0.9)")
     p.add_argument("--text", action="store_true", help="only compare the CLIP features of one-word-apart sentences")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="measure how much the outputs depend on the sentence (true vs another sentence of the video)")
     args = p.parse_args(argv)
     if not args.text and not args.data:
         p.error("--data is required (or --text)")
@@ -125,11 +136,70 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, thresholds)
 
 
+def _clip(dataset: MeViS, model, expr, short_side: int | None) -> tuple[torch.Tensor, np.ndarray]:
+    """(1, T, 3, h, w) float frames resized for the model, and the (T, H, W) bool ground truth."""
+    frames = dataset.read_frames(expr.video, list(expr.frames))
+    H, W = frames.shape[1:3]
+    short = short_side or model.config.test_short_side or min(H, W)
+    size = test_resize_shape(H, W, short=short, max_long=1333)
+    clip = torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size)))
+    return clip.permute(0, 3, 1, 2)[None].float(), dataset.target_masks(expr, list(expr.frames)).astype(bool)
+
+
+def _video_outputs(model, clip: torch.Tensor, text: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Video scores (N,) of the last video layer and the union mask (T, H, W) of the queries above 0.5."""
+    out = model(clip, [text])
+    scores = out.video_scores()[-1, 0]
+    masks, _, _ = query_masks(out.video_mask_embed[-1, -1, 0], out.video_mask_features[0],
+                              padded_size=out.padded_size, image_size=out.image_size, output_size=size)
+    chosen = (scores > 0.5).numpy()
+    union = masks.numpy()[chosen].any(0) if chosen.any() else np.zeros((masks.shape[1], *size), dtype=bool)
+    return scores.numpy(), union
+
+
+def sensitivity_report(model, dataset: MeViS, kinds: dict, args: argparse.Namespace) -> None:
+    """The ``--sensitivity`` table (see the module docstring), overall and by the kind of expression a."""
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for video in dataset.videos()[: args.videos]:
+        exprs = dataset.video_expressions(video)
+        runs = []
+        for expr in exprs:
+            clip, gt = _clip(dataset, model, expr, args.short_side)
+            scores, union = _video_outputs(model, clip, expr.text, gt.shape[1:])
+            runs.append((expr, gt, scores, union))
+        for a, gt_a, scores_a, union_a in runs:
+            own = float(jaccard(gt_a, union_a).mean())
+            for b, gt_b, scores_b, union_b in runs:
+                if b is a or np.array_equal(gt_a, gt_b):
+                    continue
+                pair = {"J true": own, "J other": float(jaccard(gt_a, union_b).mean()),
+                        "selection changes": float(not np.array_equal(scores_a > 0.5, scores_b > 0.5)),
+                        "same top query": float(scores_a.argmax() == scores_b.argmax()),
+                        "mean |score change|": float(np.abs(scores_a - scores_b).mean())}
+                for group in ("overall", kinds[(video, a.exp_id)]):
+                    for key, value in pair.items():
+                        rows[group][key].append(value)
+    columns = ("J true", "J other", "selection changes", "same top query", "mean |score change|")
+    print(f"sentence sensitivity; first {args.videos} videos of {args.data} {args.split}; pairs of expressions "
+          "of one video with different targets; J in percent, the rest as fractions")
+    print(f"| kind of a | pairs | {' | '.join(columns)} |")
+    print("|" + "---|" * (len(columns) + 2))
+    for group in ("overall", *KINDS):
+        if group in rows:
+            r = rows[group]
+            cells = [f"{100 * np.mean(r[c]):.1f}" if c.startswith("J") else f"{np.mean(r[c]):.3f}" for c in columns]
+            print(f"| {group} | {len(r['J true'])} | {' | '.join(cells)} |")
+
+
 def _run(args: argparse.Namespace, thresholds: tuple[float, ...]) -> int:
     model = load_pretrained(args.model, device="cpu").eval()
     if args.text:
         with torch.inference_mode():
             text_report(model)
+        return 0
+    if args.sensitivity:
+        with torch.inference_mode():
+            sensitivity_report(model, MeViS(args.data, args.split), expression_kinds(args.data, args.split), args)
         return 0
     dataset = MeViS(args.data, args.split)
     kinds = expression_kinds(args.data, args.split)
@@ -137,13 +207,7 @@ def _run(args: argparse.Namespace, thresholds: tuple[float, ...]) -> int:
     with torch.inference_mode():
         for video in dataset.videos()[: args.videos]:
             for expr in dataset.video_expressions(video):
-                frames = dataset.read_frames(video, list(expr.frames))
-                H, W = frames.shape[1:3]
-                short = args.short_side or model.config.test_short_side or min(H, W)
-                size = test_resize_shape(H, W, short=short, max_long=1333)
-                clip = torch.from_numpy(np.ascontiguousarray(resize_frames(frames, size)))
-                clip = clip.permute(0, 3, 1, 2)[None].float()
-                gt = dataset.target_masks(expr, list(expr.frames)).astype(bool)
+                clip, gt = _clip(dataset, model, expr, args.short_side)
                 result = score_expression(model, clip, expr.text, gt, thresholds)
                 for group in ("overall", kinds[(video, expr.exp_id)]):
                     for key, value in result.items():
