@@ -185,7 +185,7 @@ def _chromium(tmp_path):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def test_page_in_headless_chromium(server, tmp_path):
+def test_page_in_headless_chromium(server, engine, tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
         if os.environ.get("SSA_RVOS_REQUIRE_BROWSER"):
             pytest.fail("chromium and chromedriver are not installed (.ci/run installs them)")
@@ -195,6 +195,7 @@ def test_page_in_headless_chromium(server, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     sentence = SENTENCES[0]
+    before = set(engine.root.iterdir())
     driver = _chromium(tmp_path)
     try:
         driver.get(server)
@@ -216,8 +217,16 @@ def test_page_in_headless_chromium(server, tmp_path):
         assert shot.stat().st_size > 10_000
         if os.environ.get("SSA_RVOS_DEMO_SCREENSHOT"):  # how docs/images/demo.png is made
             shutil.copyfile(shot, os.environ["SSA_RVOS_DEMO_SCREENSHOT"])
+        (session,) = set(engine.root.iterdir()) - before  # this page's files
     finally:
         driver.quit()
+    # closing the page ends the session: its files go
+    import time
+
+    deadline = time.monotonic() + 30
+    while session.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not session.exists()
 
 
 # ------------------------------------------------------------------------------ the command and the Space
