@@ -44,8 +44,11 @@ def test_bundled_weights_are_checked(monkeypatch, capsys, tmp_path):
     """A bundled name resolves only to an intact file: an unknown name, a file missing from the installation
     and a file whose SHA-256 differs from the registered one are refused (the CLI in one line)."""
     import ssa_rvos.pretrained as pretrained
+    from ssa_rvos.releases import RELEASES
 
-    assert pretrained.list_pretrained() == sorted(BUNDLED) and DEFAULT_MODEL in pretrained.list_pretrained()
+    # the bundled names first, then the authors' released ones
+    assert pretrained.list_pretrained() == sorted(BUNDLED) + sorted(RELEASES)
+    assert DEFAULT_MODEL in pretrained.list_pretrained()
     file, sha256 = BUNDLED[DEFAULT_MODEL]
     with pytest.raises(ValueError, match="unknown bundled model 'ssa_tiny.other'"):
         bundled_path("ssa_tiny.other")

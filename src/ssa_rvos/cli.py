@@ -121,6 +121,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if target.suffix != ".safetensors":
         raise UsageError(f"-o {target}: the output must be a .safetensors file")
     _check_output("-o", target)
+    if args.init:
+        from .download import convert_release
+        from .releases import Release
+
+        convert_release(Release(name=source.stem, description="", source=str(source), filename=source.name,
+                                kind="init"), source, target)
+        print(f"wrote {target} (the tensors under our names, for model.init_from)")
+        return 0
     clip = ClipConfig(model_name=args.clip_model)
     if args.clip_config:
         try:
@@ -144,6 +152,61 @@ def cmd_convert(args: argparse.Namespace) -> int:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"wrote {target} ({trainable:,} trainable parameters, CLIP {clip.model_name})")
     return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .download import cache_dir, cached_models
+    from .pretrained import BUNDLED, BUNDLED_INFO, bundled_path
+    from .releases import RELEASES
+
+    cached = {name: (path, record) for name, path, record in cached_models()}
+    rows = []
+    for name in sorted(BUNDLED):
+        path = bundled_path(name)
+        what, reported = BUNDLED_INFO.get(name, ("bundled", "-"))
+        rows.append((name, what, reported, "bundled", _size(path.stat().st_size)))
+    for name, release in RELEASES.items():
+        entry = cached.pop(name, None)
+        rows.append((name, release.description, release.reported_text(), "yes" if entry else "no",
+                     _size(entry[0].stat().st_size) if entry else "-"))
+    for name, (path, record) in sorted(cached.items()):
+        rows.append((name, (record or {}).get("source", "in the cache"), "-", "yes", _size(path.stat().st_size)))
+    # one line per model (name, cached, size, reported J&F), then what it is, indented
+    header = ("name", "cached", "size", "reported")
+    table = [header, *[(name, cached_, size, reported) for name, _, reported, cached_, size in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    print("  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip())
+    for line, (_, what, *_rest) in zip(table[1:], rows):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+        print(f"    {what}")
+    print(f"cache: {cache_dir()} (SSA_RVOS_CACHE to move it; SSA_RVOS_OFFLINE=1: no downloads)")
+    return 0
+
+
+def cmd_export_hub(args: argparse.Namespace) -> int:
+    from .hub import export_for_hub
+
+    path = _resolve_model_file(args.checkpoint)
+    try:
+        out = export_for_hub(path, args.output, name=args.name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {out}/ (model.safetensors, config.json, README.md); upload it with: huggingface-cli upload "
+          f"OWNER/REPO {out}")
+    return 0
+
+
+def _resolve_model_file(spec: str | None) -> Path:
+    from .pretrained import resolve_weights
+
+    try:
+        return resolve_weights(spec)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--model: {e}" if spec is None else str(e)) from None
 
 
 def _open_dataset(name: str, root: str, split: str | None):
@@ -468,6 +531,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     device = _resolve_device(args.device)
     model = _load_model(args.model, device)
+    if args.selection is None:
+        from .pretrained import default_selection
+
+        args.selection = default_selection(args.model)
     predictor = SSAPredictor(model, frame_chunk=args.frame_chunk, short_side=args.short_side,
                              threshold=args.threshold, selection=args.selection)
     texts = predictor.check_texts(texts)
@@ -560,7 +627,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-config", help="open_clip model config JSON for a CLIP not known to open_clip")
     p.add_argument("--word-mask", choices=("eot", "nonzero"), default="eot",
                    help="valid word rule: 'eot' (ours) or 'nonzero' (the original's token != 0)")
+    p.add_argument("--init", action="store_true",
+                   help="a training initialisation (the COCO CLIP-Mask2Former): rename its tensors for model.init_from")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("models", help="every model name: bundled, the authors' released ones, the cached ones")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export-hub", help="write a checkpoint as a Hugging Face Hub model folder (safetensors, card)")
+    p.add_argument("checkpoint", help="a model name or one of our .safetensors checkpoints")
+    p.add_argument("-o", "--output", required=True, help="output folder (new, empty, or an earlier export)")
+    p.add_argument("--name", help="the model's name in the card (default: the release name or the file name)")
+    p.set_defaults(func=cmd_export_hub)
 
     p = sub.add_parser("predict", help="predict every expression of a benchmark split (resumable)")
     _add_dataset_args(p, split_help="split (default: valid_u for mevis, valid otherwise)")
@@ -637,10 +715,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts-file", metavar="F", help="a UTF-8 file of expressions, one per non-empty line")
     p.add_argument("--output", "-o", required=True, help="output folder: <expression index>/<frame>.png, masks.json, "
                    "overlay.mp4; a rerun into it replaces (and removes) the earlier run's outputs")
-    p.add_argument("--model", help="a model name or checkpoint (default: the bundled ssa_tiny.synthref)")
-    p.add_argument("--selection", choices=("union", "top1"), default="union",
+    p.add_argument("--model", help="a model name (ssa-rvos models lists them; the authors' download once), a "
+                   "checkpoint, hf://OWNER/REPO/FILE or an https:// URL (default: the bundled ssa_tiny.synthref)")
+    p.add_argument("--selection", choices=("union", "top1"),
                    help="union: every video query above --threshold (multiple targets); top1: the best (default: "
-                        "%(default)s)")
+                        "the model's own: top1 for ssa_convnext_large.ytvos, else union)")
     p.add_argument("--threshold", type=float, default=0.5, help="score threshold of 'union' (default: %(default)s)")
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4: coloured masks and the sentences")
     p.add_argument("--every", type=int, default=1, help="use every N-th frame (default: %(default)s)")

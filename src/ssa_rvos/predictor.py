@@ -294,10 +294,12 @@ class SSAPredictor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "auto",
                         **kwargs) -> SSAPredictor:
-        """A predictor for a named or saved model (None: the bundled default; see :mod:`ssa_rvos.pretrained`).
-        device: ``auto`` = cuda, else mps, else cpu."""
-        from .pretrained import load_pretrained
+        """A predictor for a named or saved model (None: the bundled default; see :mod:`ssa_rvos.pretrained`;
+        the authors' released names download once). device: ``auto`` = cuda, else mps, else cpu. The
+        selection defaults to the model's own (``top1`` for ``ssa_convnext_large.ytvos``, else ``union``)."""
+        from .pretrained import default_selection, load_pretrained
 
+        kwargs.setdefault("selection", default_selection(name_or_path))
         return cls(load_pretrained(name_or_path, device=resolve_device(device)), **kwargs)
 
     @property

@@ -182,13 +182,20 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
 def load_init_weights(model: SSA, path: str | os.PathLike) -> InitReport:
     """Start ``model`` from the tensors of a checkpoint that match by name and shape.
 
-    Names may be ours (a run of this package) or the original's (detectron2 Mask2Former / SSA,
+    ``path`` may be a released name (``mask2former_clip.coco``: fetched into the cache). Names may be
+    ours (a run of this package) or the original's (detectron2 Mask2Former / SSA,
     renamed by :func:`ssa_rvos.checkpoint.official_to_ours`); a ``module.`` prefix (DDP) is dropped.
     With the authors' COCO CLIP-Mask2Former checkpoint this fills the pixel decoder and most of the
     frame decoder (its class head and 100+ queries do not fit and stay random). The frozen CLIP is
     never taken from it.
     """
+    from ..releases import RELEASES
+
     report = InitReport(source=str(path))
+    if str(path) in RELEASES:  # a released name: downloaded and converted once into the cache
+        from ..download import fetch
+
+        path = fetch(str(path))
     ours = model.state_dict()
     take: dict[str, Tensor] = {}
     for key, value in _read_weights(Path(path)).items():
