@@ -110,7 +110,7 @@ def test_objects_absent_from_the_whole_clip_are_dropped(tmp_path):
     clip.masks = np.concatenate([clip.masks, np.zeros_like(clip.masks)])
     clip.ids = np.array([0, 1])
     stream = ClipStream(TINY, seed=0)
-    stream.sources[0].clip = lambda rng: clip
+    stream.sources[0].clip = lambda rng, member=0: clip
     out = stream[0]
     assert out.masks.shape[0] == 1 and out.ids.tolist() == [0]
 
@@ -158,3 +158,29 @@ def test_server_split_cannot_be_trained_on(tmp_path):
     write_mevis(tmp_path, "valid")
     with pytest.raises(ValueError, match="no masks"):
         ClipStream(DataConfig(datasets=(DatasetSpec("mevis", str(tmp_path), "valid"),)), seed=0)
+
+
+def test_hard_negatives_share_a_clip_with_other_expressions_of_its_video(tmp_path):
+    info = write_mevis(tmp_path, "train", num_frames=6)
+    spec = (DatasetSpec("mevis", str(tmp_path), "train"),)
+    config = DataConfig(datasets=spec, num_frames=4, augment=True, num_workers=0, expressions_per_clip=2)
+    stream = ClipStream(config, seed=0)
+    by_text = {e["text"]: e for e in info["expressions"]}
+    differ = 0
+    for group in range(12):
+        a, b = stream[2 * group], stream[2 * group + 1]
+        assert np.array_equal(a.frames, b.frames)  # one clip: video, frames and augmentation
+        ea, eb = by_text[a.text], by_text[b.text]
+        assert ea["video"] == eb["video"]
+        if a.text != b.text:
+            differ += 1
+            assert ea["exp_id"] != eb["exp_id"]
+    assert differ == 12  # every video of the fixture has several expressions
+    # groups are independent draws, and member 0 is not the plain stream's clip (another seed)
+    assert not np.array_equal(stream[0].frames, stream[2].frames)
+    with pytest.raises(ValueError, match="expressions_per_clip 2 must divide the clips per micro-batch"):
+        next(build_batches(config, batch_size=3, seed=0))
+    with pytest.raises(ValueError, match="expressions_per_clip must be >= 1"):
+        DataConfig(expressions_per_clip=0)
+    batch = next(build_batches(config, batch_size=4, seed=0))[0]
+    assert len(batch.texts) == 4 and torch.equal(batch.frames[0], batch.frames[1])

@@ -72,6 +72,10 @@ class DataConfig:
     short_sides: tuple[int, ...] = TRAIN_SHORT_SIDES
     max_long: int = TRAIN_MAX_LONG
     pseudo_video: bool = False  # RefCOCO images as rotating pseudo-videos of num_frames (else num_frames copies)
+    # Hard negatives: consecutive samples come in groups of this many that share one clip (video, frames,
+    # augmentation) with different expressions of that video, so a step's loss can only fall by reading the
+    # sentence (1: every sample is its own clip, as the original)
+    expressions_per_clip: int = 1
     num_workers: int = 2
     synthetic_size: tuple[int, int] = (64, 64)
     pad_value: tuple[float, float, float] = CLIP_PIXEL_MEAN
@@ -81,6 +85,8 @@ class DataConfig:
             raise ValueError("data.datasets must name at least one dataset")
         if self.num_frames < 1:
             raise ValueError(f"data.num_frames must be >= 1, got {self.num_frames}")
+        if self.expressions_per_clip < 1:
+            raise ValueError(f"data.expressions_per_clip must be >= 1, got {self.expressions_per_clip}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -196,13 +202,22 @@ class _Source:
                                        **self._options())
         return aug.apply(frames, masks)
 
-    def clip(self, rng: np.random.Generator) -> Clip:
+    def clip(self, rng: np.random.Generator, *, member: int = 0) -> Clip:
+        """A clip drawn with ``rng``. ``member`` > 0 (a video dataset): the same frames and augmentation as
+        member 0 draws with an identical ``rng``, but the ``member``-th other expression of its video, in
+        an order drawn from ``rng`` (cycling when the video has fewer)."""
         c = self.config
         if self.reader is None:
             clip = synthetic_clip(rng, num_frames=c.num_frames, size=c.synthetic_size)
             clip.frames, clip.masks = self._augment(clip.frames, clip.masks, rng)
             return clip
         expr = self.reader[int(rng.integers(len(self.reader)))]
+        if c.expressions_per_clip > 1 and not self.spec.name.startswith("refcoco"):
+            # drawn for every member (the rng stays in step), used by members > 0
+            others = [e for e in self.reader.video_expressions(expr.video) if e.exp_id != expr.exp_id]
+            order = rng.permutation(len(others)) if others else []
+            if member > 0 and others:
+                expr = others[int(order[(member - 1) % len(others)])]
         if self.spec.name.startswith("refcoco"):
             image = self.reader.read_frames(expr.video)[0]
             masks = self.reader.instance_masks(expr)[:, 0]
@@ -235,9 +250,11 @@ class ClipStream(torch.utils.data.Dataset):
         return 2**62
 
     def __getitem__(self, index: int) -> Clip:
-        rng = np.random.default_rng([self.seed, int(index)])
+        group = self.config.expressions_per_clip
+        # the members of a group draw with the same generator: the same source, video, frames and augmentation
+        rng = np.random.default_rng([self.seed, int(index)] if group == 1 else [self.seed, int(index) // group, group])
         source = self.sources[int(rng.choice(len(self.sources), p=self.probs))]
-        clip = source.clip(rng)
+        clip = source.clip(rng, member=int(index) % group)
         keep = clip.masks.reshape(len(clip.masks), -1).any(1)
         clip.masks, clip.ids, clip.index, clip.source = clip.masks[keep], clip.ids[keep], int(index), source.spec.name
         return clip
@@ -292,6 +309,9 @@ def build_batches(config: DataConfig, *, batch_size: int, seed: int, rank: int =
     from functools import partial
 
     per_process = per_process_batch(batch_size, world_size=world_size, accumulation=accumulation)
+    if per_process % config.expressions_per_clip:
+        raise ValueError(f"data.expressions_per_clip {config.expressions_per_clip} must divide the clips per "
+                         f"micro-batch ({per_process}), so that a clip's expressions train in one step")
     stream = ClipStream(config, seed=seed)
     sampler = _StepSampler(per_process=per_process, rank=rank, world_size=world_size, accumulation=accumulation,
                            start_step=start_step)
