@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-chunk", type=int, default=18, help="images per frame-stage call (default: 18)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeat", type=int, default=1, help="run every length this many times (default: 1)")
+    p.add_argument("--no-trim", action="store_true",
+                   help="children run with SSA_RVOS_MALLOC_TRIM=0 (no malloc_trim between chunks), to compare")
     p.add_argument("--output", help="also write the results as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--video", help=argparse.SUPPRESS)
@@ -123,29 +126,40 @@ def main(argv: list[str] | None = None) -> int:
         video = Path(tmp) / "long.mp4"
         print(f"writing a {max(args.frames)}-frame {args.size[0]}x{args.size[1]} video...", file=sys.stderr)
         write_video(video, frames=max(args.frames), size=tuple(args.size))
-        for length in args.frames:
-            cmd = [sys.executable, __file__, "--child", "--video", str(video), "--length", str(length),
-                   "--model", args.model, "--short-side", str(args.short_side), "--texts", str(args.texts),
-                   "--frame-chunk", str(args.frame_chunk), "--device", args.device, "--threads", str(args.threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            if done.returncode:
-                print(done.stderr, file=sys.stderr)
-                return done.returncode
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            r = results[-1]
-            print(f"{r['frames']:>6} frames: {r['seconds']:7.1f} s ({r['fps']:.1f} frames/s), peak RSS "
-                  f"{r['peak_rss_mib']:.0f} MiB (+{r['rss_growth_mib']:.0f} over the loaded model)"
-                  + (f", CUDA peak {r['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in r else ""), file=sys.stderr)
-    if len(results) >= 2:
-        # the goal compares 1,000 frames with 100; otherwise the longest run with the shortest
-        by_length = {r["frames"]: r for r in results}
-        first, last = (by_length[100], by_length[1000]) if {100, 1000} <= set(by_length) else (results[0], results[-1])
-        key = "cuda_peak_mib" if "cuda_peak_mib" in first else "peak_rss_mib"
-        print(f"{key} ratio {last['frames']} / {first['frames']} frames: {last[key] / first[key]:.2f} "
-              f"(goal <= 1.5)", file=sys.stderr)
+        env = {**os.environ, **({"SSA_RVOS_MALLOC_TRIM": "0"} if args.no_trim else {})}
+        ratios = []
+        for run in range(args.repeat):
+            batch = []
+            for length in args.frames:
+                cmd = [sys.executable, __file__, "--child", "--video", str(video), "--length", str(length),
+                       "--model", args.model, "--short-side", str(args.short_side), "--texts", str(args.texts),
+                       "--frame-chunk", str(args.frame_chunk), "--device", args.device, "--threads", str(args.threads)]
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if done.returncode:
+                    print(done.stderr, file=sys.stderr)
+                    return done.returncode
+                r = {"run": run, **json.loads(done.stdout.strip().splitlines()[-1])}
+                batch.append(r)
+                print(f"run {run}: {r['frames']:>6} frames: {r['seconds']:7.1f} s ({r['fps']:.1f} frames/s), peak RSS "
+                      f"{r['peak_rss_mib']:.0f} MiB (+{r['rss_growth_mib']:.0f} over the loaded model)"
+                      + (f", CUDA peak {r['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in r else ""), file=sys.stderr)
+            results += batch
+            if len(batch) >= 2:
+                # the goal compares 1,000 frames with 100; otherwise the longest run with the shortest
+                by_length = {r["frames"]: r for r in batch}
+                first, last = (by_length[100], by_length[1000]) if {100, 1000} <= set(by_length) else (batch[0], batch[-1])
+                key = "cuda_peak_mib" if "cuda_peak_mib" in first else "peak_rss_mib"
+                ratios.append(last[key] / first[key])
+                print(f"run {run}: {key} ratio {last['frames']} / {first['frames']} frames: {ratios[-1]:.2f} "
+                      f"(goal <= 1.5)", file=sys.stderr)
+        if len(ratios) > 1:
+            print(f"ratios over {len(ratios)} runs: {', '.join(f'{x:.2f}' for x in ratios)} (min {min(ratios):.2f}, "
+                  f"max {max(ratios):.2f}); runs <= 1.5: {sum(x <= 1.5 for x in ratios)} of {len(ratios)}",
+                  file=sys.stderr)
     print(json.dumps(results, indent=1))
     if args.output:
-        Path(args.output).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        Path(args.output).write_text(json.dumps({"args": vars(args), "results": results, "ratios": ratios},
+                                                indent=1))
     return 0
 
 

@@ -326,3 +326,15 @@ def test_forward_mask_features_is_the_frame_stage_without_its_decoder(segment_mo
     text = model.encode_text(["a star"]).repeat_frames(3)
     with torch.inference_mode():
         assert torch.equal(model.forward_mask_features(images, text), model.forward_frames(images, text).video_mask_features)
+
+
+def test_release_memory_trims_the_heap_where_glibc_has_malloc_trim(monkeypatch):
+    import ctypes.util
+    import sys
+
+    from ssa_rvos.runtime import release_memory
+
+    glibc = sys.platform.startswith("linux") and "libc.so.6" in (ctypes.util.find_library("c") or "")
+    assert release_memory() is glibc
+    monkeypatch.setenv("SSA_RVOS_MALLOC_TRIM", "0")  # how the benchmark measures without it
+    assert release_memory() is False

@@ -52,7 +52,7 @@ import torch
 from .data.transforms import TEST_MAX_LONG, resize_frames, test_resize_shape
 from .modeling.ssa import foreground_probability
 from .postprocess import SELECTIONS, mask_scores, query_masks, select_queries
-from .runtime import resolve_device
+from .runtime import release_memory, resolve_device
 from .text import is_blank
 
 __all__ = ["DEFAULT_SHORT_SIDE", "ExpressionResult", "FrameResult", "Propagation", "SSAPredictor", "VideoState",
@@ -434,6 +434,7 @@ class SSAPredictor:
                         else:
                             cache = None
                     del fs  # the frame masks and mask features of this chunk are not needed again
+                    release_memory()
                     bar.update(k)
             video = model.forward_video(torch.cat(queries, dim=2), torch.cat(tokens, dim=1))
         scores = foreground_probability(video.logits[-1, -1])  # (E, N), as SSAOutput.video_scores
@@ -478,3 +479,4 @@ class SSAPredictor:
                     yield frame, sums
                     bar.update()
                 del feats
+                release_memory()

@@ -1,5 +1,6 @@
 """Process-wide torch settings, chosen by one rule each: the device (``auto``), the thread count, and
-the process group of a ``torchrun`` launch.
+the process group of a ``torchrun`` launch; and handing freed memory back to the system between the
+chunks of a long video (:func:`release_memory`).
 
 They are used by every front end (the command line, :class:`ssa_rvos.SSAPredictor`, training, sharded
 prediction, the scripts under ``scripts/`` and ``bench/``), so a device name means the same everywhere,
@@ -9,8 +10,11 @@ processes the same way.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
+import functools
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "resolve_device", "setup_distributed", "teardown_distributed", "torch_threads"]
+__all__ = ["DistEnv", "release_memory", "resolve_device", "setup_distributed", "teardown_distributed",
+           "torch_threads"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -53,6 +58,32 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None off glibc (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_memory() -> bool:
+    """Return the heap's free pages to the system (glibc ``malloc_trim(0)``); False where there is no such
+    call. Why: a chunk's tensors are freed in a different order than they were allocated, and glibc keeps
+    the freed pages mapped, so with the default allocator the resident memory of a long video grows with
+    its length although the live data does not. Trimming between chunks keeps the peak at what one chunk
+    needs. ``SSA_RVOS_MALLOC_TRIM=0`` turns it off (to measure the difference)."""
+    trim = _malloc_trim()
+    if trim is None or os.environ.get("SSA_RVOS_MALLOC_TRIM") == "0":
+        return False
+    trim(0)
+    return True
 
 
 @dataclass(frozen=True)
