@@ -235,6 +235,7 @@ def test_page_in_headless_chromium(server, engine, tmp_path):
 def test_demo_command_serves_the_page_and_cleans_up(tmp_path):
     import subprocess
     import sys
+    import threading
     import time
     import urllib.request
 
@@ -242,19 +243,31 @@ def test_demo_command_serves_the_page_and_cleans_up(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "-m", "ssa_rvos", "demo", "--port", str(port), "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
-        deadline, page = time.monotonic() + 90, None
+        deadline, page = time.monotonic() + 120, None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
                 break
             except OSError:
                 time.sleep(0.5)
-        assert page is not None and "ssa-rvos" in page, proc.stdout.read() if proc.poll() is not None else "no page"
+        assert page is not None and "ssa-rvos" in page, "".join(lines) or "no page"
         assert list(tmp_path.glob("ssa-rvos-demo-*")), "the sessions' folder"
+        # Ctrl-C once the server is waiting for requests (Gradio prints its address when it is)
+        while time.monotonic() < deadline and not any("Running on" in line for line in lines):
+            time.sleep(0.2)
     finally:
-        proc.send_signal(2)  # Ctrl-C
-        out, _ = proc.communicate(timeout=60)
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert f"serving on http://127.0.0.1:{port}" in out
     assert not list(tmp_path.glob("ssa-rvos-demo-*")), "the sessions' folder is removed when the server stops"
 
