@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
     print(json.dumps(results, indent=1))
     if args.output:
-        Path(args.output).write_text(json.dumps({"args": vars(args), "results": results, "ratios": ratios},
-                                                indent=1))
+        shown = {**vars(args), "output": os.path.basename(args.output)}  # no path of this machine in the results
+        Path(args.output).write_text(json.dumps({"args": shown, "results": results, "ratios": ratios}, indent=1))
     return 0
 
 
