@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -330,11 +331,20 @@ def serve(engine: DemoEngine, *, host: str = "127.0.0.1", port: int = 7860, shar
     app = build_app(engine)
     example = example_video()
     allowed = [str(engine.root)] + ([str(example.parent)] if example is not None else [])
+    if not block:
+        app.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed,
+                   prevent_thread_lock=True, quiet=True)
+        return app
+    # The server runs in Gradio's threads; this thread waits for Ctrl-C (or SIGTERM, which the command
+    # line turns into the same interrupt) itself, so the shutdown does not depend on where it lands.
     try:
         app.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed,
-                   prevent_thread_lock=not block, quiet=not block)
+                   prevent_thread_lock=True, quiet=False)
+        while True:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
     finally:
-        if block:
-            app.close()
-            engine.close()
+        app.close()
+        engine.close()
     return app
