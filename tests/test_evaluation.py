@@ -1,6 +1,8 @@
 """The evaluate / predict / submit procedures and their commands, on tiny generated benchmarks."""
 
 import json
+import os
+import threading
 import zipfile
 
 import numpy as np
@@ -12,7 +14,7 @@ from ssa_rvos.cli import main
 from ssa_rvos.data import MeViS, RefDAVIS17, RefYouTubeVOS
 from ssa_rvos.data.expressions import DatasetError
 from ssa_rvos.data.masks import read_mask_png, write_mask_png
-from ssa_rvos.evaluation.evaluate import evaluate_predictions
+from ssa_rvos.evaluation.evaluate import _pool_context, evaluate_predictions, open_predictions
 from ssa_rvos.evaluation.predict import predict_split
 from ssa_rvos.evaluation.submit import SubmissionError, check_submission, write_submission
 
@@ -105,6 +107,46 @@ def test_parallel_workers_give_the_same_report(mevis, tmp_path):
     one = evaluate_predictions(dataset, tmp_path / "pred")
     two = evaluate_predictions(dataset, tmp_path / "pred", workers=2)
     assert one.to_dict() == two.to_dict()
+
+
+class _DyingSource:
+    """Predictions whose reading kills the worker process (as the kernel does when it runs out of memory)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def has(self, video, exp_id):
+        return self.inner.has(video, exp_id)
+
+    def read(self, expr, size):
+        os._exit(7)
+
+
+def test_workers_beside_other_threads_are_not_forked_and_agree(mevis_root, tmp_path):
+    # A forked child keeps the locks other threads held at that moment, locked: beside a running thread
+    # (a web server, a progress monitor, a test harness) the workers start from a fresh interpreter.
+    root, infos = mevis_root
+    _write_predictions(tmp_path / "pred", infos["valid_u"], transform=lambda v, e, t, m: np.roll(m, t, axis=1))
+    one = evaluate_predictions(MeViS(root, "valid_u"), tmp_path / "pred", workers=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        context, inherits = _pool_context()
+        assert context.get_start_method() != "fork" and not inherits
+        two = evaluate_predictions(MeViS(root, "valid_u"), tmp_path / "pred", workers=2)
+    finally:
+        stop.set()
+        thread.join()
+    assert two.to_dict() == one.to_dict()
+
+
+def test_a_worker_that_dies_fails_the_run_instead_of_hanging(mevis, tmp_path):
+    dataset, info = mevis
+    _write_predictions(tmp_path / "pred", info)
+    source = _DyingSource(open_predictions(tmp_path / "pred", dataset))
+    with pytest.raises(DatasetError, match="a scoring worker process died.*--workers 1"):
+        evaluate_predictions(dataset, source, workers=2)
 
 
 def test_davis_protocol_round_trip_and_object_order(tmp_path):

@@ -242,7 +242,26 @@ def default_workers(jobs: int) -> int:
     return max(1, min(cores, jobs))
 
 
+def _pool_context():
+    """The start method for scoring workers, and whether the workers inherit the parent's memory.
+
+    fork is the cheap start (the workers share the dataset and its annotations), but a forked child
+    gets only the calling thread: a lock another thread held at that moment (a web server's, a
+    progress bar monitor's, a test harness's) stays locked in the child, which can then wait forever.
+    So fork only while this process runs a single thread; otherwise forkserver (or spawn), whose
+    workers start from a fresh interpreter and read the annotations themselves."""
+    import multiprocessing as mp
+    import threading
+
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return mp.get_context("fork"), True
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn"), False
+
+
 def _scores(dataset, source, *, workers: int | None, progress: bool) -> list[ExpressionScore]:
+    from concurrent.futures.process import BrokenProcessPool
+
     from tqdm import tqdm
 
     by_video: dict[str, list[int]] = {}
@@ -250,30 +269,35 @@ def _scores(dataset, source, *, workers: int | None, progress: bool) -> list[Exp
         by_video.setdefault(expr.video, []).append(i)
     jobs = list(by_video.items())
     workers = default_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
-    bar = tqdm(total=len(dataset.expressions), desc=f"evaluate {dataset.name} {dataset.split}", unit="exp",
-               disable=not progress)
     scores: list[ExpressionScore | None] = [None] * len(dataset.expressions)
+    pool = None
     if workers <= 1:
         results = (_score_video(dataset, source, *job) for job in jobs)
-        pool = None
     else:
-        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-        # Annotations kept in memory (MeViS' mask_dict.json) are read once here and inherited by the
-        # forked workers; the pool starts once and takes one video at a time, in the split's order.
-        dataset.load_masks()
-        context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        pool = context.Pool(workers, initializer=_worker_init, initargs=(dataset, source))
-        results = pool.imap(_worker_score, jobs, chunksize=1)
+        # Started before the progress bar, whose monitor thread would otherwise rule out fork. A
+        # process pool from concurrent.futures, not multiprocessing.Pool: a worker that dies (killed
+        # for memory, say) fails the run instead of leaving it waiting forever.
+        context, inherits = _pool_context()
+        if inherits:  # annotations kept in memory (MeViS' mask_dict.json) are read once, here
+            dataset.load_masks()
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                   initargs=(dataset, source))
+        results = pool.map(_worker_score, jobs)  # in the split's order, one video per task
+    bar = tqdm(total=len(dataset.expressions), desc=f"evaluate {dataset.name} {dataset.split}", unit="exp",
+               disable=not progress)
     try:
         for done in results:
             for i, score in done:
                 scores[i] = score
             bar.update(len(done))
+    except BrokenProcessPool as e:
+        raise DatasetError(f"a scoring worker process died ({e}); out of memory? Run with --workers 1 "
+                           "to score in this process") from None
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     return scores  # type: ignore[return-value]
 
