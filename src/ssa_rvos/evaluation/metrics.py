@@ -18,13 +18,14 @@ a disk of radius ``r`` (offsets ``dy**2 + dx**2 <= r**2``) and counts, for each 
 inside the dilated other boundary. A pixel lies inside ``dilate(B, disk(r))`` exactly when some pixel of ``B``
 is at squared Euclidean distance ``<= r**2`` from it. So only the boundary pixels themselves need to be
 tested: for sparse boundaries (the normal case: a few thousand pixels) each pixel of one boundary looks up,
-row by row of the disk around it, whether the other boundary has a pixel in that row's run (one difference
-of row-wise prefix counts; a k-d tree nearest-neighbour query gives the same answer, kept as a second
-method); for dense boundaries (noise-like masks) the exact
-Euclidean feature transform of :func:`scipy.ndimage.distance_transform_edt` is computed on the bounding box of
-both boundaries. Either way the decision compares an integer squared distance with ``r**2`` (the k-d tree
-with a bound of ``sqrt(r2 + 0.5)``, half an integer away from every possible squared distance), so the counts,
-and therefore precision, recall and F, are bit-identical to those of the disk dilation.
+row by row of the disk around it, whether the other boundary has a pixel in that row's run (one binary
+search in the other boundary's sorted flat pixel indices, all frames of a stack at once; a k-d tree
+nearest-neighbour query gives the same answer, kept as a second method); for dense boundaries
+(noise-like masks) the exact Euclidean feature transform of :func:`scipy.ndimage.distance_transform_edt`
+is computed on the bounding box of both boundaries. Either way the decision compares an integer squared
+distance with ``r**2`` (the k-d tree with a bound of ``sqrt(r2 + 0.5)``, half an integer away from every
+possible squared distance), so the counts, and therefore precision, recall and F, are bit-identical to
+those of the disk dilation.
 
 Each frame is scored on a crop: the bounding box of both masks widened by one pixel on each side (see
 :func:`_crop`), the only part of the frame where boundary pixels or pixel counts can be; the tolerance radius
@@ -136,32 +137,44 @@ def _count_within_sparse(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
     return int(np.count_nonzero(dist < bound))
 
 
-def _count_within_rows(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
-    """Number of points of ``src`` (n, 2) with a ``True`` pixel of the map ``dst`` at squared distance
-    ``<= r2``, row by row: the disk is the rows ``dy = -R..R`` (``R = isqrt(r2)``), each a run of half-width
-    ``isqrt(r2 - dy**2)``, and whether a run of ``dst`` holds a pixel is one difference of its row-wise
-    cumulative sum. Rows are tried nearest first, each only for the points not matched yet."""
-    h, w = dst.shape
+def _count_within_rows(srcs: list[np.ndarray], dsts: list[np.ndarray], shapes: list[tuple[int, int]],
+                       r2: int) -> np.ndarray:
+    """For each map ``k`` of ``shapes``: how many pixels of ``srcs[k]`` have a pixel of ``dsts[k]`` at squared
+    distance ``<= r2`` (both sorted flat, row-major indices, as ``flatnonzero`` returns them; ``dsts[k]``
+    non-empty). All maps at once, row by row of the disk: the rows ``dy = -R..R`` (``R = isqrt(r2)``), each
+    a run of half-width ``isqrt(r2 - dy**2)``.
+
+    The maps are laid end to end, each with ``R`` empty rows above and ``R + 1`` below, so that the pixels
+    of every ``dsts[k]`` become one sorted array of keys; a run of row ``y`` from ``x0`` to ``x1`` (clipped
+    to its map, so that it stays in its row and its map) holds a pixel exactly when the first key
+    ``>= key(y, x0)`` is ``<= key(y, x1)``: one binary search per point and disk row. Rows are tried
+    nearest first, each only for the points not matched yet."""
     reach = math.isqrt(r2)
-    stride = w + 1
-    # row-wise prefix counts, one zero column in front and ``reach`` zero rows above and below
-    prefix = np.zeros((h + 2 * reach) * stride, dtype=np.int32)
-    np.cumsum(dst, axis=1, dtype=np.int32, out=prefix.reshape(h + 2 * reach, stride)[reach:reach + h, 1:])
-    xs = src[:, 1]
-    base = (src[:, 0] + reach) * stride
-    matched = 0
+    n = len(shapes)
+    hs = np.fromiter((h for h, _ in shapes), np.int64, n)
+    ws = np.fromiter((w for _, w in shapes), np.int64, n)
+    spans = (hs + 2 * reach + 1) * ws
+    starts = np.cumsum(spans) - spans + reach * ws  # key of each map's pixel (0, 0)
+    dst_sizes = np.fromiter(map(len, dsts), np.int64, n)
+    # a sentinel after every map: the search never runs off the end
+    keys = np.append(np.concatenate(dsts) + np.repeat(starts, dst_sizes), spans.sum())
+    src_sizes = np.fromiter(map(len, srcs), np.int64, n)
+    frame = np.repeat(np.arange(n), src_sizes)
+    w = ws[frame]
+    ys, xs = np.divmod(np.concatenate(srcs), w)
+    start = starts[frame]
+    counts = np.zeros(n, dtype=np.int64)
     for dy in sorted(range(-reach, reach + 1), key=abs):
         half = math.isqrt(r2 - dy * dy)
-        row = base + dy * stride
-        hit = prefix[row + np.minimum(xs + half, w - 1) + 1] > prefix[row + np.maximum(xs - half, 0)]
-        n = int(np.count_nonzero(hit))
-        if n:
-            matched += n
+        row = start + (ys + dy) * w
+        hit = keys[np.searchsorted(keys, row + np.maximum(xs - half, 0))] <= row + np.minimum(xs + half, w - 1)
+        if hit.any():
+            counts += np.bincount(frame[hit], minlength=n)
             keep = ~hit
-            xs, base = xs[keep], base[keep]
-            if xs.size == 0:
+            frame, w, ys, xs, start = frame[keep], w[keep], ys[keep], xs[keep], start[keep]
+            if frame.size == 0:
                 break
-    return matched
+    return counts
 
 
 def _count_within_dense(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
@@ -174,37 +187,39 @@ def _count_within_dense(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
     return int(np.count_nonzero(dy * dy + dx * dx <= r2))
 
 
-def _points(m: np.ndarray) -> np.ndarray:
-    """``np.argwhere`` of a 2-D boolean map (row-major (n, 2)), several times faster: the flat indices
-    of a contiguous map, split into rows and columns."""
-    flat = np.flatnonzero(m)
-    return np.stack(np.divmod(flat, m.shape[1]), axis=1)
+def _dense(gt_flat: np.ndarray, fg_flat: np.ndarray, width: int) -> tuple[bool, tuple[slice, slice]]:
+    """Whether two non-empty boundaries (flat indices in maps of ``width`` columns) are dense enough for the
+    feature transform, and the bounding box of both."""
+    y0 = min(gt_flat[0], fg_flat[0]) // width
+    y1 = max(gt_flat[-1], fg_flat[-1]) // width + 1
+    gx, fx = gt_flat % width, fg_flat % width
+    x0, x1 = min(gx.min(), fx.min()), max(gx.max(), fx.max()) + 1
+    dense = gt_flat.size + fg_flat.size > _DENSE_FRACTION * (y1 - y0) * (x1 - x0)
+    return bool(dense), (slice(int(y0), int(y1)), slice(int(x0), int(x1)))
 
 
 def _matches(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str = "auto") -> tuple[int, int]:
     """``(|fg_b & dilate(gt_b)|, |gt_b & dilate(fg_b)|)`` for two non-empty ``(H, W)`` boundary maps."""
-    gt_pts, fg_pts = _points(gt_b), _points(fg_b)
-    y0 = min(gt_pts[0, 0], fg_pts[0, 0])
-    y1 = max(gt_pts[-1, 0], fg_pts[-1, 0]) + 1
-    x0 = min(gt_pts[:, 1].min(), fg_pts[:, 1].min())
-    x1 = max(gt_pts[:, 1].max(), fg_pts[:, 1].max()) + 1
+    gt_flat, fg_flat = np.flatnonzero(gt_b), np.flatnonzero(fg_b)
+    dense, box = _dense(gt_flat, fg_flat, gt_b.shape[1])
     if method == "auto":
-        dense = len(gt_pts) + len(fg_pts) > _DENSE_FRACTION * (y1 - y0) * (x1 - x0)
         method = "dense" if dense else "rows"
     if method == "rows":
-        return _count_within_rows(fg_pts, gt_b, r2), _count_within_rows(gt_pts, fg_b, r2)
+        fg_match = _count_within_rows([fg_flat], [gt_flat], [gt_b.shape], r2)[0]
+        gt_match = _count_within_rows([gt_flat], [fg_flat], [gt_b.shape], r2)[0]
+        return int(fg_match), int(gt_match)
     if method == "sparse":
+        gt_pts = np.stack(np.divmod(gt_flat, gt_b.shape[1]), axis=1)
+        fg_pts = np.stack(np.divmod(fg_flat, gt_b.shape[1]), axis=1)
         return _count_within_sparse(fg_pts, gt_pts, r2), _count_within_sparse(gt_pts, fg_pts, r2)
     if method == "dense":
-        gt_crop, fg_crop = gt_b[y0:y1, x0:x1], fg_b[y0:y1, x0:x1]
+        gt_crop, fg_crop = gt_b[box], fg_b[box]
         return _count_within_dense(fg_crop, gt_crop, r2), _count_within_dense(gt_crop, fg_crop, r2)
     raise ValueError(f"unknown method {method!r}")
 
 
-def _f_from_boundaries(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str = "auto") -> float:
-    """F-measure of one frame from its ``(H, W)`` boundary maps, with the toolkit's rules for empty ones."""
-    n_fg = int(np.count_nonzero(fg_b))
-    n_gt = int(np.count_nonzero(gt_b))
+def _f_value(fg_match: int, n_fg: int, gt_match: int, n_gt: int) -> float:
+    """F from the match counts, with the toolkit's rules for empty boundaries."""
     if n_fg == 0 and n_gt > 0:
         precision, recall = 1.0, 0.0
     elif n_fg > 0 and n_gt == 0:
@@ -212,12 +227,21 @@ def _f_from_boundaries(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str 
     elif n_fg == 0 and n_gt == 0:
         precision, recall = 1.0, 1.0
     else:
-        fg_match, gt_match = _matches(gt_b, fg_b, r2, method)
         precision = fg_match / float(n_fg)
         recall = gt_match / float(n_gt)
     if precision + recall == 0:
         return 0.0
     return 2 * precision * recall / (precision + recall)
+
+
+def _f_from_boundaries(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str = "auto") -> float:
+    """F-measure of one frame from its ``(H, W)`` boundary maps, with the toolkit's rules for empty ones."""
+    n_fg = int(np.count_nonzero(fg_b))
+    n_gt = int(np.count_nonzero(gt_b))
+    if n_fg == 0 or n_gt == 0:
+        return _f_value(0, n_fg, 0, n_gt)
+    fg_match, gt_match = _matches(gt_b, fg_b, r2, method)
+    return _f_value(fg_match, n_fg, gt_match, n_gt)
 
 
 def _boxes(g: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -249,6 +273,7 @@ def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_
     j = np.zeros(num_frames, dtype=np.float64)
     f = np.zeros(num_frames, dtype=np.float64)
     rows, cols, g_empty, p_empty = _boxes(g, p)
+    sparse: list[tuple[int, np.ndarray, np.ndarray, tuple[int, int]]] = []
     for t in range(num_frames):
         if g_empty[t] and p_empty[t]:
             j[t] = f[t] = 1.0
@@ -261,8 +286,25 @@ def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_
         gc, pc = g[t, ys, xs], p[t, ys, xs]
         if want_j:
             j[t] = np.count_nonzero(gc & pc) / np.count_nonzero(gc | pc)
-        if want_f:
-            f[t] = _f_from_boundaries(seg2bmap(gc), seg2bmap(pc), r2)
+        if not want_f:
+            continue
+        gb, pb = seg2bmap(gc), seg2bmap(pc)
+        gt_flat, fg_flat = np.flatnonzero(gb), np.flatnonzero(pb)
+        if gt_flat.size == 0 or fg_flat.size == 0:
+            f[t] = _f_value(0, fg_flat.size, 0, gt_flat.size)
+            continue
+        dense, box = _dense(gt_flat, fg_flat, gb.shape[1])
+        if dense:
+            fg_match, gt_match = _count_within_dense(pb[box], gb[box], r2), _count_within_dense(gb[box], pb[box], r2)
+            f[t] = _f_value(fg_match, fg_flat.size, gt_match, gt_flat.size)
+        else:  # matched below, all such frames of the stack at once
+            sparse.append((t, gt_flat, fg_flat, gb.shape))
+    if sparse:
+        frames, gt_flats, fg_flats, shapes = zip(*sparse)
+        fg_match = _count_within_rows(fg_flats, gt_flats, shapes, r2)
+        gt_match = _count_within_rows(gt_flats, fg_flats, shapes, r2)
+        for k, t in enumerate(frames):
+            f[t] = _f_value(int(fg_match[k]), fg_flats[k].size, int(gt_match[k]), gt_flats[k].size)
     return j, f
 
 
