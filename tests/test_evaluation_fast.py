@@ -18,7 +18,13 @@ from ssa_rvos.cli import main
 from ssa_rvos.data import MeViS
 from ssa_rvos.data.expressions import DatasetError
 from ssa_rvos.data.masks import read_label_png, read_mask_png, write_mask_png
-from ssa_rvos.evaluation.evaluate import default_workers, evaluate_predictions
+from ssa_rvos.evaluation.evaluate import (
+    _pool_context,
+    _stack_buffer,
+    default_workers,
+    evaluate_predictions,
+    read_prediction,
+)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -168,6 +174,42 @@ def test_per_video_ground_truth_equals_each_expressions_own(mevis_root):
 def test_default_workers_are_the_allowed_cores_capped_by_the_videos(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})
     assert [default_workers(n) for n in (0, 1, 2, 3, 50)] == [1, 1, 2, 3, 3]
+
+
+def test_a_reused_stack_is_overwritten_everywhere(tmp_path):
+    rng = np.random.default_rng(4)
+    masks = rng.random((3, 9, 11)) < 0.4
+    for t in (0, 2):  # frame 1 has no PNG
+        write_mask_png(tmp_path / f"{t:05d}.png", masks[t])
+    frames = ["00000", "00001", "00002"]
+    fresh, absent = read_prediction(tmp_path, frames, (9, 11))
+    stale = np.ones((3, 9, 11), dtype=bool)  # what a previous expression left in the buffer
+    reused, absent_again = read_prediction(tmp_path, frames, (9, 11), out=stale)
+    assert reused is stale and absent == absent_again == ["00001"]
+    assert np.array_equal(reused, fresh) and not reused[1].any() and np.array_equal(reused[[0, 2]], masks[[0, 2]])
+    with pytest.raises(ValueError, match=r"out must be a \(3, 9, 11\) bool array"):
+        read_prediction(tmp_path, frames, (9, 11), out=np.zeros((2, 9, 11), dtype=bool))
+    buffers = {}
+    one = _stack_buffer(buffers, 3, (9, 11))
+    assert one.shape == (3, 9, 11) and _stack_buffer(buffers, 2, (9, 11)).base is one.base  # the same memory
+    assert _stack_buffer(buffers, 5, (9, 11)).shape == (5, 9, 11) and _stack_buffer(buffers, 4, (9, 12)).shape == (4, 9, 12)
+
+
+def test_fork_when_the_main_script_cannot_be_rerun(monkeypatch):
+    # Beside another thread the workers start from a fresh interpreter, which re-runs the main script;
+    # code read from stdin cannot be, so fork it is there (as it is with no other thread).
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        assert _pool_context()[0].get_start_method() != "fork"
+        monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
+        assert _pool_context()[0].get_start_method() == "fork"
+    finally:
+        stop.set()
+        thread.join()
 
 
 # ------------------------------------------------------------------------------------------ RLE predictions

@@ -82,20 +82,37 @@ def scores_by_group(report: EvaluationReport, groups: Mapping[tuple[str, str], s
     return out
 
 
-def read_prediction(folder: Path, frames: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+def read_prediction(folder: Path, frames: Sequence[str], size: tuple[int, int], *,
+                    out: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """``folder/<frame>.png`` for every frame -> (T, H, W) bool and the frames that had no PNG.
 
-    A PNG of another size than the ground truth is an error naming the file.
+    A PNG of another size than the ground truth is an error naming the file. out: a (T, H, W) bool array
+    to fill (and return) instead of a fresh one, e.g. one reused from expression to expression: every
+    frame of it is written, absent frames with zeros.
     """
-    out = np.zeros((len(frames), *size), dtype=bool)
+    if out is None:
+        out = np.zeros((len(frames), *size), dtype=bool)
+    elif out.shape != (len(frames), *size) or out.dtype != np.bool_:
+        raise ValueError(f"out must be a ({len(frames)}, {size[0]}, {size[1]}) bool array, got {out.dtype} {out.shape}")
     absent = []
     for t, frame in enumerate(frames):
         path = folder / f"{frame}.png"
         if not path.is_file():
             absent.append(frame)
+            out[t] = False
             continue
         read_mask_png(path, out=out[t])  # a PNG of another size is an error naming it
     return out, absent
+
+
+def _stack_buffer(buffers: dict, frames: int, size: tuple[int, int]) -> np.ndarray:
+    """A (frames, H, W) bool array from ``buffers`` (one evaluation's), reused from expression to expression
+    (the largest asked for each frame size so far; the caller is done with the previous one). Writing a
+    fresh 25 MB stack per expression costs a page fault every 4 KB: about an eighth of an evaluation."""
+    buffer = buffers.get(size)
+    if buffer is None or buffer.shape[0] < frames:
+        buffer = buffers[size] = np.empty((frames, *size), dtype=bool)
+    return buffer[:frames]
 
 
 class PredictionFolders:
@@ -112,8 +129,9 @@ class PredictionFolders:
     def has(self, video: str, exp_id: str) -> bool:
         return (self.root / video / exp_id).is_dir()
 
-    def read(self, expr: Expression, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-        return read_prediction(self.root / expr.video / expr.exp_id, expr.frames, size)
+    def read(self, expr: Expression, size: tuple[int, int], *, out: np.ndarray | None = None
+             ) -> tuple[np.ndarray, list[str]]:
+        return read_prediction(self.root / expr.video / expr.exp_id, expr.frames, size, out=out)
 
 
 class PredictionRLE:
@@ -202,9 +220,11 @@ def open_predictions(path: str | os.PathLike, dataset) -> PredictionFolders | Pr
     return PredictionFolders(path)
 
 
-def _score_video(dataset, source, video: str, indices: Sequence[int]) -> list[tuple[int, ExpressionScore]]:
+def _score_video(dataset, source, video: str, indices: Sequence[int], buffers: dict | None = None
+                 ) -> list[tuple[int, ExpressionScore]]:
     """Score the expressions ``indices`` (of ``dataset.expressions``, all of one video); the ground truth
-    of the video is decoded once for all of them."""
+    of the video is decoded once for all of them. buffers: stacks to reuse (:func:`_stack_buffer`)."""
+    buffers = {} if buffers is None else buffers
     exprs = [dataset.expressions[i] for i in indices]
     present = [source.has(e.video, e.exp_id) for e in exprs]
     targets = dataset.video_target_masks([e for e, p in zip(exprs, present) if p])
@@ -214,7 +234,10 @@ def _score_video(dataset, source, video: str, indices: Sequence[int]) -> list[tu
             out.append((i, ExpressionScore(expr.video, expr.exp_id, expr.text, 0.0, 0.0, len(expr.frames), "missing")))
             continue
         gt = next(targets)
-        pred, absent = source.read(expr, gt.shape[1:])
+        if isinstance(source, PredictionFolders):  # PNGs: into a stack reused from expression to expression
+            pred, absent = source.read(expr, gt.shape[1:], out=_stack_buffer(buffers, len(expr.frames), gt.shape[1:]))
+        else:
+            pred, absent = source.read(expr, gt.shape[1:])
         j, f = j_and_f(gt, pred)
         out.append((i, ExpressionScore(expr.video, expr.exp_id, expr.text, float(np.mean(j)), float(np.mean(f)),
                                        len(expr.frames), "incomplete" if absent else "ok")))
@@ -225,11 +248,11 @@ _WORKER_STATE: dict = {}
 
 
 def _worker_init(dataset, source) -> None:
-    _WORKER_STATE["dataset"], _WORKER_STATE["source"] = dataset, source
+    _WORKER_STATE.update(dataset=dataset, source=source, buffers={})
 
 
 def _worker_score(job: tuple[str, list[int]]) -> list[tuple[int, ExpressionScore]]:
-    return _score_video(_WORKER_STATE["dataset"], _WORKER_STATE["source"], *job)
+    return _score_video(_WORKER_STATE["dataset"], _WORKER_STATE["source"], *job, _WORKER_STATE["buffers"])
 
 
 def default_workers(jobs: int) -> int:
@@ -247,14 +270,22 @@ def _pool_context():
 
     fork is the cheap start (the workers share the dataset and its annotations), but a forked child
     gets only the calling thread: a lock another thread held at that moment (a web server's, a
-    progress bar monitor's, a test harness's) stays locked in the child, which can then wait forever.
-    So fork only while this process runs a single thread; otherwise forkserver (or spawn), whose
-    workers start from a fresh interpreter and read the annotations themselves."""
+    telemetry sender's, a test harness's) stays locked in the child, which can then wait forever. So
+    fork only while no other thread runs (tqdm's monitor aside: it only ever takes tqdm's own lock,
+    which the workers never use); otherwise forkserver (or spawn), whose workers start from a fresh
+    interpreter and read the annotations themselves. Those re-run the main script, so where it cannot
+    be (code from stdin) fork it is."""
     import multiprocessing as mp
+    import sys
     import threading
 
+    from tqdm import TMonitor
+
     methods = mp.get_all_start_methods()
-    if "fork" in methods and threading.active_count() == 1:
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not isinstance(t, TMonitor)]
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    rerunnable = main_file is None or os.path.isfile(main_file)
+    if "fork" in methods and (not others or not rerunnable):
         return mp.get_context("fork"), True
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn"), False
 
@@ -272,12 +303,12 @@ def _scores(dataset, source, *, workers: int | None, progress: bool) -> list[Exp
     scores: list[ExpressionScore | None] = [None] * len(dataset.expressions)
     pool = None
     if workers <= 1:
-        results = (_score_video(dataset, source, *job) for job in jobs)
+        buffers: dict = {}  # this evaluation's, dropped with it
+        results = (_score_video(dataset, source, *job, buffers) for job in jobs)
     else:
         from concurrent.futures import ProcessPoolExecutor
 
-        # Started before the progress bar, whose monitor thread would otherwise rule out fork. A
-        # process pool from concurrent.futures, not multiprocessing.Pool: a worker that dies (killed
+        # A process pool from concurrent.futures, not multiprocessing.Pool: a worker that dies (killed
         # for memory, say) fails the run instead of leaving it waiting forever.
         context, inherits = _pool_context()
         if inherits:  # annotations kept in memory (MeViS' mask_dict.json) are read once, here

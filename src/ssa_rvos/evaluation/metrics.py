@@ -155,23 +155,27 @@ def _count_within_rows(srcs: list[np.ndarray], dsts: list[np.ndarray], shapes: l
     ws = np.fromiter((w for _, w in shapes), np.int64, n)
     spans = (hs + 2 * reach + 1) * ws
     starts = np.cumsum(spans) - spans + reach * ws  # key of each map's pixel (0, 0)
+    total = int(spans.sum())
+    index = np.int32 if total < 2**31 - 1 else np.int64  # narrower keys: half the memory traffic
     dst_sizes = np.fromiter(map(len, dsts), np.int64, n)
     # a sentinel after every map: the search never runs off the end
-    keys = np.append(np.concatenate(dsts) + np.repeat(starts, dst_sizes), spans.sum())
+    keys = np.append(np.concatenate(dsts) + np.repeat(starts, dst_sizes), total).astype(index)
     src_sizes = np.fromiter(map(len, srcs), np.int64, n)
-    frame = np.repeat(np.arange(n), src_sizes)
-    w = ws[frame]
-    ys, xs = np.divmod(np.concatenate(srcs), w)
-    start = starts[frame]
+    frame = np.repeat(np.arange(n, dtype=index), src_sizes)
+    w = ws.astype(index)[frame]
+    flat = np.concatenate(srcs).astype(index)
+    xs = flat % w
+    key = (flat + starts.astype(index)[frame]).astype(index)  # each point's own key
+    left, right = xs, w - 1 - xs  # how far its row reaches to either side
     counts = np.zeros(n, dtype=np.int64)
     for dy in sorted(range(-reach, reach + 1), key=abs):
         half = math.isqrt(r2 - dy * dy)
-        row = start + (ys + dy) * w
-        hit = keys[np.searchsorted(keys, row + np.maximum(xs - half, 0))] <= row + np.minimum(xs + half, w - 1)
+        row = key + w * dy if dy else key
+        hit = keys[np.searchsorted(keys, row - np.minimum(left, half))] <= row + np.minimum(right, half)
         if hit.any():
             counts += np.bincount(frame[hit], minlength=n)
             keep = ~hit
-            frame, w, ys, xs, start = frame[keep], w[keep], ys[keep], xs[keep], start[keep]
+            frame, w, key, left, right = frame[keep], w[keep], key[keep], left[keep], right[keep]
             if frame.size == 0:
                 break
     return counts
