@@ -190,7 +190,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_export_hub(args: argparse.Namespace) -> int:
     from .hub import export_for_hub
 
-    path = _resolve_model_file(args.checkpoint)
+    path = _resolve_model_file(args.checkpoint, None if args.checkpoint else "--model")
     try:
         out = export_for_hub(path, args.output, name=args.name)
     except ValueError as e:
@@ -200,13 +200,15 @@ def cmd_export_hub(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_model_file(spec: str | None) -> Path:
+def _resolve_model_file(spec: str | None, option: str | None = "--model") -> Path:
+    """The weights file of a model name or path (None: the bundled default); a bad one is a usage error,
+    its message led by ``option`` (None: the message alone, for a positional argument)."""
     from .pretrained import resolve_weights
 
     try:
         return resolve_weights(spec)
     except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"--model: {e}" if spec is None else str(e)) from None
+        raise UsageError(str(e) if option is None else f"{option}: {e}") from None
 
 
 def _open_dataset(name: str, root: str, split: str | None):
@@ -218,14 +220,10 @@ def _open_dataset(name: str, root: str, split: str | None):
 def _load_model(spec: str | None, device):
     """The model named by --model (None: the bundled default) on --device (None: auto = cuda, mps, cpu);
     bad names are usage errors."""
-    from .pretrained import load_pretrained, resolve_weights
+    from .pretrained import load_pretrained
 
     device = _resolve_device(device)
-    try:
-        path = resolve_weights(spec)
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"--model: {e}") from None
-    return load_pretrained(path, device=device)
+    return load_pretrained(_resolve_model_file(spec), device=device)
 
 
 def _predict(args: argparse.Namespace, dataset, output: Path) -> None:
@@ -563,7 +561,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .pretrained import DEFAULT_MODEL, resolve_weights
+    from .pretrained import DEFAULT_MODEL
 
     _check_at_least(args, 1, "max_frames")
     if not 0 < args.port < 65536:
@@ -571,10 +569,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _resolve_device(args.device)
     models = {}
     for spec in args.model or [DEFAULT_MODEL]:
-        try:
-            resolve_weights(spec)  # a bad name fails here, not in the page
-        except (FileNotFoundError, ValueError) as e:
-            raise UsageError(f"--model: {e}") from None
+        _resolve_model_file(spec)  # a bad name fails here, not in the page
         models[spec] = spec
     try:
         import gradio  # noqa: F401

@@ -37,7 +37,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from .fileio import atomic_write
+from .fileio import atomic_write_text
 from .pretrained import file_sha256
 from .releases import RELEASES, Release
 
@@ -171,7 +171,7 @@ def _read_record(folder: Path) -> dict | None:
 
 
 def _write_record(folder: Path, record: dict) -> None:
-    atomic_write(folder / RECORD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    atomic_write_text(folder / RECORD_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def _verified(folder: Path, name: str) -> Path:
