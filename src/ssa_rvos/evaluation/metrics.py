@@ -38,8 +38,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import cKDTree
 
 __all__ = ["BOUND_TH", "bound_pixels", "boundary_f", "j_and_f", "jaccard", "seg2bmap"]
 
@@ -133,6 +131,8 @@ def seg2bmap(seg: np.ndarray) -> np.ndarray:
 def _count_within_sparse(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
     """Number of points of ``src`` (n, 2) with a point of ``dst`` (m, 2) at squared distance ``<= r2``."""
     bound = math.sqrt(r2 + 0.5)
+    from scipy.spatial import cKDTree  # imported on first use: 0.1 s that most evaluations never need
+
     dist, _ = cKDTree(dst).query(src, k=1, distance_upper_bound=bound)
     return int(np.count_nonzero(dist < bound))
 
@@ -184,6 +184,8 @@ def _count_within_rows(srcs: list[np.ndarray], dsts: list[np.ndarray], shapes: l
 def _count_within_dense(src: np.ndarray, dst: np.ndarray, r2: int) -> int:
     """Number of ``True`` pixels of ``src`` with a ``True`` pixel of ``dst`` (same-shape maps, ``dst``
     non-empty) at squared distance ``<= r2``, via the exact Euclidean feature transform."""
+    from scipy import ndimage  # imported on first use: 0.2 s that most evaluations never need
+
     nearest = ndimage.distance_transform_edt(~dst, return_distances=False, return_indices=True)
     ys, xs = np.nonzero(src)
     dy = nearest[0][ys, xs].astype(np.int64) - ys
