@@ -165,7 +165,7 @@ def _count_within_rows(srcs: list[np.ndarray], dsts: list[np.ndarray], shapes: l
     w = ws.astype(index)[frame]
     flat = np.concatenate(srcs).astype(index)
     xs = flat % w
-    key = (flat + starts.astype(index)[frame]).astype(index)  # each point's own key
+    key = flat + starts.astype(index)[frame]  # each point's own key
     left, right = xs, w - 1 - xs  # how far its row reaches to either side
     counts = np.zeros(n, dtype=np.int64)
     for dy in sorted(range(-reach, reach + 1), key=abs):
@@ -219,9 +219,13 @@ def _matches(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str = "auto") 
         fg_pts = np.stack(np.divmod(fg_flat, gt_b.shape[1]), axis=1)
         return _count_within_sparse(fg_pts, gt_pts, r2), _count_within_sparse(gt_pts, fg_pts, r2)
     if method == "dense":
-        gt_crop, fg_crop = gt_b[box], fg_b[box]
-        return _count_within_dense(fg_crop, gt_crop, r2), _count_within_dense(gt_crop, fg_crop, r2)
+        return _dense_matches(gt_b[box], fg_b[box], r2)
     raise ValueError(f"unknown method {method!r}")
+
+
+def _dense_matches(gt_b: np.ndarray, fg_b: np.ndarray, r2: int) -> tuple[int, int]:
+    """:func:`_matches` by the feature transform, both ways, on maps cropped to both boundaries' box."""
+    return _count_within_dense(fg_b, gt_b, r2), _count_within_dense(gt_b, fg_b, r2)
 
 
 def _f_value(fg_match: int, n_fg: int, gt_match: int, n_gt: int) -> float:
@@ -279,7 +283,7 @@ def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_
     j = np.zeros(num_frames, dtype=np.float64)
     f = np.zeros(num_frames, dtype=np.float64)
     rows, cols, g_empty, p_empty = _boxes(g, p)
-    sparse: list[tuple[int, np.ndarray, np.ndarray, tuple[int, int]]] = []
+    by_rows: list[tuple[int, np.ndarray, np.ndarray, tuple[int, int]]] = []  # frames for _count_within_rows
     for t in range(num_frames):
         if g_empty[t] and p_empty[t]:
             j[t] = f[t] = 1.0
@@ -301,12 +305,12 @@ def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_
             continue
         dense, box = _dense(gt_flat, fg_flat, gb.shape[1])
         if dense:
-            fg_match, gt_match = _count_within_dense(pb[box], gb[box], r2), _count_within_dense(gb[box], pb[box], r2)
+            fg_match, gt_match = _dense_matches(gb[box], pb[box], r2)
             f[t] = _f_value(fg_match, fg_flat.size, gt_match, gt_flat.size)
         else:  # matched below, all such frames of the stack at once
-            sparse.append((t, gt_flat, fg_flat, gb.shape))
-    if sparse:
-        frames, gt_flats, fg_flats, shapes = zip(*sparse)
+            by_rows.append((t, gt_flat, fg_flat, gb.shape))
+    if by_rows:
+        frames, gt_flats, fg_flats, shapes = zip(*by_rows)
         fg_match = _count_within_rows(fg_flats, gt_flats, shapes, r2)
         gt_match = _count_within_rows(gt_flats, fg_flats, shapes, r2)
         for k, t in enumerate(frames):
