@@ -17,7 +17,16 @@ import ssa_rvos.data.masks as masks_mod
 from ssa_rvos.cli import main
 from ssa_rvos.data import MeViS
 from ssa_rvos.data.expressions import DatasetError
-from ssa_rvos.data.masks import read_label_png, read_mask_png, write_mask_png
+from ssa_rvos.data.masks import (
+    decode_checked,
+    decode_stack,
+    read_label_png,
+    read_mask_png,
+    rle_check,
+    rle_encode,
+    stack_boxes,
+    write_mask_png,
+)
 from ssa_rvos.evaluation.evaluate import (
     _pool_context,
     _stack_buffer,
@@ -25,6 +34,7 @@ from ssa_rvos.evaluation.evaluate import (
     evaluate_predictions,
     read_prediction,
 )
+from ssa_rvos.evaluation.metrics import j_and_f, mask_boxes
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -171,6 +181,72 @@ def test_per_video_ground_truth_equals_each_expressions_own(mevis_root):
         for expr, target in zip(exprs, dataset.video_target_masks(exprs), strict=True):
             assert target.shape == (len(expr.frames), *dataset.frame_size(video))
             assert np.array_equal(target, dataset.target_masks(expr))
+
+
+def _box_cases(rng):
+    """Masks whose RLE runs stay in one column, wrap into the next, cover whole columns, touch every
+    edge, fill the frame, and empty frames."""
+    h, w = 7, 9
+    m = np.zeros((8, h, w), dtype=bool)
+    m[0, 2:4, 3] = True  # one run in one column
+    m[1, 5:, 2] = m[1, :2, 3] = True  # a run that wraps from column 2 into column 3
+    m[2, :, 4:6] = True  # whole columns: one run over two columns
+    m[3, 0, 0] = m[3, -1, -1] = True  # the corners
+    m[4] = True  # the whole frame
+    m[6] = rng.random((h, w)) < 0.3
+    m[7, 3, :] = True  # one row: a run per column
+    return m  # m[5] stays empty
+
+
+def test_boxes_from_runs_hold_the_masks_and_agree_on_empty_frames():
+    """stack_boxes (from the RLE runs alone) against mask_boxes (from the pixels): exact in x, in y exact
+    or the whole height, empty exactly on the empty frames; decode_stack equals pycocotools' decode."""
+    rng = np.random.default_rng(0)
+    m = _box_cases(rng)
+    compacts = [rle_check(rle_encode(f)) if f.any() else None for f in m]
+    compacts[4] = rle_check(rle_encode(m[4]))
+    stack = decode_stack(compacts, m.shape[1:])
+    assert np.array_equal(stack.transpose(0, 2, 1), m)
+    assert all(np.array_equal(decode_checked(c), f) for c, f in zip(compacts, m) if c is not None)
+    exact, runs = mask_boxes(m), stack_boxes(compacts, m.shape[1:])
+    h, w = m.shape[1:]
+    assert exact[5].tolist() == runs[5].tolist() == [h, 0, w, 0]
+    assert exact[0].tolist() == runs[0].tolist() == [2, 4, 3, 4]
+    assert exact[1].tolist() == [0, 7, 2, 4] and runs[1].tolist() == [0, 7, 2, 4]  # wraps: the whole height
+    assert exact[3].tolist() == [0, 7, 0, 9] and exact[7].tolist() == [3, 4, 0, 9]
+    assert np.array_equal(runs[:, 2:], exact[:, 2:])
+    assert (runs[:, 0] <= exact[:, 0]).all() and (runs[:, 1] >= exact[:, 1]).all()
+    assert stack_boxes([], (h, w)).shape == (0, 4) and decode_stack([], (h, w)).shape == (0, w, h)
+
+
+def test_given_boxes_give_the_same_scores_and_bad_ones_are_refused(tmp_path):
+    """j_and_f with boxes from the runs, from the PNG reader and widened ones = without boxes, frame by
+    frame; the PNG reader's boxes are mask_boxes'."""
+    rng = np.random.default_rng(1)
+    gt = _box_cases(rng)
+    pred = np.roll(gt, 1, axis=2) | (rng.random(gt.shape) < 0.05)
+    pred[2] = False
+    frames = [f"{t:05d}" for t in range(len(pred))]
+    for t in range(len(pred)):
+        if t != 6:  # frame 6 has no PNG
+            write_mask_png(tmp_path / f"{frames[t]}.png", pred[t])
+    pred[6] = False
+    boxes = np.zeros((len(frames), 4), dtype=np.int64)
+    read, _ = read_prediction(tmp_path, frames, gt.shape[1:], boxes=boxes)
+    assert np.array_equal(read, pred) and np.array_equal(boxes, mask_boxes(pred))
+    gt_boxes = stack_boxes([rle_check(rle_encode(f)) if f.any() else None for f in gt], gt.shape[1:])
+    h, w = gt.shape[1:]
+    wide = np.where(mask_boxes(gt)[:, :1] < h, [[0, h, 0, w]], mask_boxes(gt))  # every non-empty box: the frame
+    expected = j_and_f(gt, pred)
+    for gb, pb in ((gt_boxes, boxes), (wide, None), (None, boxes)):
+        got = j_and_f(gt, pred, gt_boxes=gb, pred_boxes=pb)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    with pytest.raises(ValueError, match=r"gt boxes must be \(8, 4\) integers"):
+        j_and_f(gt, pred, gt_boxes=gt_boxes[:3])
+    with pytest.raises(ValueError, match="without a void mask"):
+        j_and_f(gt, pred, np.zeros_like(gt), gt_boxes=gt_boxes)
+    with pytest.raises(ValueError, match=r"boxes must be a \(8, 4\) array"):
+        read_prediction(tmp_path, frames, gt.shape[1:], boxes=boxes[:2])
 
 
 def test_default_workers_are_the_allowed_cores_capped_by_the_videos(monkeypatch):

@@ -276,8 +276,15 @@ class VideoExpressionDataset:
     def video_target_masks(self, exprs: Sequence[Expression]) -> Iterator[np.ndarray]:
         """:meth:`target_masks` of several expressions of one video, one after the other (an evaluator's
         loop); readers whose expressions share annotated objects decode each object once here."""
+        for mask, _ in self.video_targets(exprs):
+            yield mask
+
+    def video_targets(self, exprs: Sequence[Expression]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`video_target_masks` with each mask's per-frame boxes (``(T, 4)`` ``[y0, y1, x0, x1]``, as
+        :func:`ssa_rvos.evaluation.metrics.mask_boxes` gives them) where the reader gets them cheaply,
+        else None."""
         for expr in exprs:
-            yield self.target_masks(expr)
+            yield self.target_masks(expr), None
 
     def load_masks(self) -> None:
         """Read the split's mask annotations now if the reader keeps them in memory (before forking

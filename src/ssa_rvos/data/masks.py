@@ -96,22 +96,56 @@ def decode_checked(compact: dict) -> np.ndarray:
     return _mask_api().decode({"size": compact["size"], "counts": compact["counts"]}).astype(bool)
 
 
+def _stacked_runs(compacts: Sequence[dict | None], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All frames' run lengths end to end (an absent frame: one background run of the whole frame), which
+    frame each run is of, and whether it is a foreground run (runs alternate background, foreground, ...
+    within each frame)."""
+    h, w = size
+    empty = np.array([h * w], dtype=np.int64)
+    runs = [empty if c is None else c["runs"] for c in compacts]
+    lengths = np.fromiter(map(len, runs), np.int64, len(runs))
+    frame = np.repeat(np.arange(len(runs)), lengths)
+    first = np.cumsum(lengths) - lengths  # index of each frame's first run
+    foreground = (np.arange(int(lengths.sum())) - first[frame]) % 2 == 1
+    return (np.concatenate(runs) if runs else np.zeros(0, dtype=np.int64)), frame, foreground
+
+
 def decode_stack(compacts: Sequence[dict | None], size: tuple[int, int]) -> np.ndarray:
     """Checked RLEs (:func:`rle_check`; None: an empty frame) of one size -> a ``(T, W, H)`` C-contiguous
     bool array: the masks in column-major order, the order RLE runs are in (``.transpose(0, 2, 1)`` is the
-    (T, H, W) view). Each foreground run is one slice assignment (the run lengths are already parsed by
-    the check): several times faster than pycocotools' decode of the same RLEs."""
+    (T, H, W) view). One ``np.repeat`` of the alternating values over the run lengths the check already
+    parsed: several times faster than pycocotools' decode of the same RLEs (or one slice per run)."""
     h, w = size
-    out = np.zeros((len(compacts), w, h), dtype=bool)  # fresh zero pages: only foreground is written
-    flat = out.reshape(len(compacts), h * w)
-    for t, compact in enumerate(compacts):
-        if compact is None:
-            continue
-        ends = np.cumsum(compact["runs"])  # runs alternate background, foreground, ...
-        row = flat[t]
-        for start, stop in zip(ends[0:-1:2].tolist(), ends[1::2].tolist()):
-            row[start:stop] = True
-    return out
+    runs, _, foreground = _stacked_runs(compacts, size)
+    return np.repeat(foreground, runs).reshape(len(compacts), w, h)
+
+
+def stack_boxes(compacts: Sequence[dict | None], size: tuple[int, int]) -> np.ndarray:
+    """Per frame of :func:`decode_stack`'s masks, a box ``[y0, y1, x0, x1]`` (half-open, in the (H, W)
+    orientation) holding every foreground pixel, from the run lengths alone, no pixel touched: ``(T, 4)``
+    int64, ``[H, 0, W, 0]`` for an empty frame. Exact in x; in y exact where every run stays in one column,
+    else the whole height (a run that wraps from one column into the next holds the last and the first
+    row)."""
+    h, w = size
+    boxes = np.tile(np.array([h, 0, w, 0], dtype=np.int64), (len(compacts), 1))
+    runs, frame, foreground = _stacked_runs(compacts, size)
+    if runs.size == 0:
+        return boxes
+    stops = np.cumsum(runs)
+    starts = stops - runs
+    frame_start = np.zeros(len(compacts) + 1, dtype=np.int64)
+    frame_start[1:] = np.cumsum(np.fromiter((h * w for _ in compacts), np.int64, len(compacts)))
+    keep = foreground & (runs > 0)
+    frame = frame[keep]
+    first = starts[keep] - frame_start[frame]  # first and last pixel of each run, within its frame
+    last = stops[keep] - 1 - frame_start[frame]
+    col0, col1 = first // h, last // h
+    one_column = col0 == col1
+    np.minimum.at(boxes[:, 0], frame, np.where(one_column, first % h, 0))
+    np.maximum.at(boxes[:, 1], frame, np.where(one_column, last % h, h - 1) + 1)
+    np.minimum.at(boxes[:, 2], frame, col0)
+    np.maximum.at(boxes[:, 3], frame, col1 + 1)
+    return boxes
 
 
 def rle_check(rle: dict) -> dict:

@@ -32,7 +32,7 @@ from .expressions import (
     require_file,
     safe_name,
 )
-from .masks import decode_checked, decode_stack, rle_check
+from .masks import decode_checked, decode_stack, rle_check, stack_boxes
 
 __all__ = ["MeViS"]
 
@@ -161,30 +161,37 @@ class MeViS(VideoExpressionDataset):
         if self.has_masks:
             self.mask_dict()
 
-    def video_target_masks(self, exprs: Sequence[Expression]) -> Iterator[np.ndarray]:
+    def video_targets(self, exprs: Sequence[Expression]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """As the base reader's, faster: expressions of a MeViS video refer to the same few objects, so
-        each object's masks are decoded once, all frames in one pycocotools call, and handed out in the
-        column-major layout pycocotools decodes to (a transposed view: (T, H, W) like every mask, but not
-        C-contiguous), which saves a transposing copy of every frame."""
-        decoded: dict[tuple[int, tuple[str, ...]], np.ndarray] = {}
+        each object's masks are decoded once, all frames at once, and handed out in the column-major
+        layout RLEs decode to (a transposed view: (T, H, W) like every mask, but not C-contiguous), which
+        saves a transposing copy of every frame; the boxes come from the RLE runs."""
+        from ..evaluation.metrics import unite_boxes  # numpy only
+
+        decoded: dict[tuple[int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = {}
         for expr in exprs:
             if not self.has_masks:
-                yield self.target_masks(expr)  # the reader's own error
+                yield self.target_masks(expr), None  # the reader's own error
                 continue
             indices, names = self._frame_indices(expr.video, expr.frames)
             h, w = self.frame_size(expr.video)
-            union = None
+            union = boxes = None
             for anno in expr.anno_ids:
                 key = (anno, tuple(names))
                 if key not in decoded:
                     rles = self.mask_dict()[str(anno)]
                     compacts = [self._compact(rles[i], anno, frame, expr, h, w) for i, frame in zip(indices, names)]
-                    decoded[key] = decode_stack(compacts, (h, w))  # (T, W, H) buffer
-                union = decoded[key] if union is None else union | decoded[key]
+                    decoded[key] = decode_stack(compacts, (h, w)), stack_boxes(compacts, (h, w))  # (T, W, H)
+                stack, stack_box = decoded[key]
+                if union is None:
+                    union, boxes = stack, stack_box
+                else:
+                    union = union | stack
+                    boxes = unite_boxes(boxes, stack_box)
             if union is None:
-                yield np.zeros((len(names), h, w), dtype=bool)
+                yield np.zeros((len(names), h, w), dtype=bool), None
             else:
-                yield union.transpose(0, 2, 1)
+                yield union.transpose(0, 2, 1), boxes
 
     def _compact(self, rle, anno: int, frame: str, expr: Expression, h: int, w: int) -> dict | None:
         """One frame's RLE of one object, checked (None where the object is absent)."""

@@ -83,26 +83,44 @@ def scores_by_group(report: EvaluationReport, groups: Mapping[tuple[str, str], s
 
 
 def read_prediction(folder: Path, frames: Sequence[str], size: tuple[int, int], *,
-                    out: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+                    out: np.ndarray | None = None, boxes: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """``folder/<frame>.png`` for every frame -> (T, H, W) bool and the frames that had no PNG.
 
     A PNG of another size than the ground truth is an error naming the file. out: a (T, H, W) bool array
     to fill (and return) instead of a fresh one, e.g. one reused from expression to expression: every
-    frame of it is written, absent frames with zeros.
+    frame of it is written, absent frames with zeros. boxes: a (T, 4) integer array to fill with each
+    frame's bounding box (as :func:`ssa_rvos.evaluation.metrics.mask_boxes` gives it), computed while the
+    frame is still in cache.
     """
     if out is None:
         out = np.zeros((len(frames), *size), dtype=bool)
     elif out.shape != (len(frames), *size) or out.dtype != np.bool_:
         raise ValueError(f"out must be a ({len(frames)}, {size[0]}, {size[1]}) bool array, got {out.dtype} {out.shape}")
+    if boxes is not None and boxes.shape != (len(frames), 4):
+        raise ValueError(f"boxes must be a ({len(frames)}, 4) array, got {boxes.shape}")
     absent = []
     for t, frame in enumerate(frames):
         path = folder / f"{frame}.png"
         if not path.is_file():
             absent.append(frame)
             out[t] = False
+            if boxes is not None:
+                boxes[t] = (size[0], 0, size[1], 0)
             continue
         read_mask_png(path, out=out[t])  # a PNG of another size is an error naming it
+        if boxes is not None:
+            boxes[t] = _frame_box(out[t])
     return out, absent
+
+
+def _frame_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``[y0, y1, x0, x1]`` of one (H, W) bool frame (``[H, 0, W, 0]`` when empty)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return mask.shape[0], 0, mask.shape[1], 0
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(mask[y0:y1].any(axis=0))
+    return y0, y1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _stack_buffer(buffers: dict, frames: int, size: tuple[int, int]) -> np.ndarray:
@@ -130,8 +148,11 @@ class PredictionFolders:
         return (self.root / video / exp_id).is_dir()
 
     def read(self, expr: Expression, size: tuple[int, int], *, out: np.ndarray | None = None
-             ) -> tuple[np.ndarray, list[str]]:
-        return read_prediction(self.root / expr.video / expr.exp_id, expr.frames, size, out=out)
+             ) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(T, H, W) bool (``out`` filled when given), the frames without a PNG, and the frames' boxes."""
+        boxes = np.empty((len(expr.frames), 4), dtype=np.int64)
+        pred, absent = read_prediction(self.root / expr.video / expr.exp_id, expr.frames, size, out=out, boxes=boxes)
+        return pred, absent, boxes
 
 
 class PredictionRLE:
@@ -183,10 +204,10 @@ class PredictionRLE:
     def has(self, video: str, exp_id: str) -> bool:
         return (video, exp_id) in self.masks
 
-    def read(self, expr: Expression, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-        """(T, H, W) bool (a transposed view of a column-major stack, as RLEs decode) and the frames
-        without a mask."""
-        from ..data.masks import decode_stack, rle_check
+    def read(self, expr: Expression, size: tuple[int, int]) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(T, H, W) bool (a transposed view of a column-major stack, as RLEs decode), the frames
+        without a mask, and the frames' boxes (from the runs)."""
+        from ..data.masks import decode_stack, rle_check, stack_boxes
 
         frames = self.masks.get((expr.video, expr.exp_id), {})
         compacts: list[dict | None] = []
@@ -206,7 +227,7 @@ class PredictionRLE:
                 raise DatasetError(f"{where}: the mask is {compact['size'][0]}x{compact['size'][1]}, the frame is "
                                    f"{size[0]}x{size[1]}")
             compacts.append(compact)
-        return decode_stack(compacts, size).transpose(0, 2, 1), absent
+        return decode_stack(compacts, size).transpose(0, 2, 1), absent, stack_boxes(compacts, size)
 
 
 def open_predictions(path: str | os.PathLike, dataset) -> PredictionFolders | PredictionRLE:
@@ -227,18 +248,19 @@ def _score_video(dataset, source, video: str, indices: Sequence[int], buffers: d
     buffers = {} if buffers is None else buffers
     exprs = [dataset.expressions[i] for i in indices]
     present = [source.has(e.video, e.exp_id) for e in exprs]
-    targets = dataset.video_target_masks([e for e, p in zip(exprs, present) if p])
+    targets = dataset.video_targets([e for e, p in zip(exprs, present) if p])
     out = []
     for i, expr, has in zip(indices, exprs, present):
         if not has:
             out.append((i, ExpressionScore(expr.video, expr.exp_id, expr.text, 0.0, 0.0, len(expr.frames), "missing")))
             continue
-        gt = next(targets)
+        gt, gt_boxes = next(targets)
         if isinstance(source, PredictionFolders):  # PNGs: into a stack reused from expression to expression
-            pred, absent = source.read(expr, gt.shape[1:], out=_stack_buffer(buffers, len(expr.frames), gt.shape[1:]))
+            pred, absent, pred_boxes = source.read(expr, gt.shape[1:],
+                                                   out=_stack_buffer(buffers, len(expr.frames), gt.shape[1:]))
         else:
-            pred, absent = source.read(expr, gt.shape[1:])
-        j, f = j_and_f(gt, pred)
+            pred, absent, pred_boxes = source.read(expr, gt.shape[1:])
+        j, f = j_and_f(gt, pred, gt_boxes=gt_boxes, pred_boxes=pred_boxes)
         out.append((i, ExpressionScore(expr.video, expr.exp_id, expr.text, float(np.mean(j)), float(np.mean(f)),
                                        len(expr.frames), "incomplete" if absent else "ok")))
     return out
@@ -387,7 +409,7 @@ def evaluate_davis(dataset, predictions, *, progress: bool = False) -> Evaluatio
             for expr in (e for e in exprs if dataset.annotator(e) == k):
                 status = "ok"
                 if source.has(video, expr.exp_id):
-                    pred, absent = source.read(expr, size)
+                    pred, absent, _ = source.read(expr, size)
                     status = "incomplete" if absent else "ok"
                 else:
                     pred, status = np.zeros((len(expr.frames), *size), dtype=bool), "missing"

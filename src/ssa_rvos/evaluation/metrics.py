@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-__all__ = ["BOUND_TH", "bound_pixels", "boundary_f", "j_and_f", "jaccard", "seg2bmap"]
+__all__ = ["BOUND_TH", "bound_pixels", "boundary_f", "j_and_f", "jaccard", "mask_boxes", "seg2bmap", "unite_boxes"]
 
 #: Default boundary tolerance of the toolkit: a fraction of the image diagonal.
 BOUND_TH = 0.008
@@ -254,35 +254,60 @@ def _f_from_boundaries(gt_b: np.ndarray, fg_b: np.ndarray, r2: int, method: str 
     return _f_value(fg_match, n_fg, gt_match, n_gt)
 
 
-def _boxes(g: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame of ``(T, H, W)`` masks: which rows and columns hold a pixel of either mask, and whether
-    each mask is empty (whole-stack reductions, cheaper than frame by frame)."""
-    g_rows, p_rows = g.any(axis=2), p.any(axis=2)
-    cols = np.logical_or(g.any(axis=1), p.any(axis=1))
-    return g_rows | p_rows, cols, ~g_rows.any(axis=1), ~p_rows.any(axis=1)
+def mask_boxes(m: np.ndarray) -> np.ndarray:
+    """Per frame of boolean ``(T, H, W)`` masks, the bounding box ``[y0, y1, x0, x1]`` (half-open) of its
+    pixels: ``(T, 4)`` int64, ``[H, 0, W, 0]`` for an empty frame (so that boxes unite by min / max)."""
+    num_frames, height, width = m.shape
+    rows, cols = m.any(axis=2), m.any(axis=1)
+    boxes = np.empty((num_frames, 4), dtype=np.int64)
+    boxes[:, 0] = rows.argmax(axis=1)
+    boxes[:, 1] = height - rows[:, ::-1].argmax(axis=1)
+    boxes[:, 2] = cols.argmax(axis=1)
+    boxes[:, 3] = width - cols[:, ::-1].argmax(axis=1)
+    boxes[~rows.any(axis=1)] = (height, 0, width, 0)
+    return boxes
 
 
-def _crop(rows: np.ndarray, cols: np.ndarray) -> tuple[slice, slice]:
-    """The window of a frame that holds everything J and F look at: the bounding box of both masks, one
+def unite_boxes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per frame, the box of the union of two masks from their boxes (:func:`mask_boxes`)."""
+    return np.stack([np.minimum(a[:, 0], b[:, 0]), np.maximum(a[:, 1], b[:, 1]),
+                     np.minimum(a[:, 2], b[:, 2]), np.maximum(a[:, 3], b[:, 3])], axis=1)
+
+
+def _check_boxes(boxes: np.ndarray, shape: tuple[int, int, int], what: str) -> np.ndarray:
+    boxes = np.asarray(boxes)
+    if boxes.shape != (shape[0], 4) or not np.issubdtype(boxes.dtype, np.integer):
+        raise ValueError(f"{what} boxes must be ({shape[0]}, 4) integers, got {boxes.dtype} {boxes.shape}")
+    return boxes
+
+
+def _crop(box: np.ndarray, height: int, width: int) -> tuple[slice, slice]:
+    """The window of a frame that holds everything J and F look at: the box of both masks, one
     row/column more above and to the left (a pixel there is a boundary pixel when its east, south or
     south-east neighbour is foreground) and one more below and to the right (so that the box's last
     row and column are compared with their real, empty, neighbours, not given the frame's last-row and
-    last-column rules). Where the box touches the frame's edge the window stops there, as the frame does."""
-    ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
-    return (slice(max(int(ys[0]) - 1, 0), min(int(ys[-1]) + 2, rows.size)),
-            slice(max(int(xs[0]) - 1, 0), min(int(xs[-1]) + 2, cols.size)))
+    last-column rules). Where the box touches the frame's edge the window stops there, as the frame does.
+    A box larger than the masks' gives the same values: it only adds empty pixels."""
+    y0, y1, x0, x1 = (int(v) for v in box)
+    return slice(max(y0 - 1, 0), min(y1 + 1, height)), slice(max(x0 - 1, 0), min(x1 + 1, width))
 
 
-def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_f: bool = True
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_f: bool = True,
+            boxes: tuple[np.ndarray | None, np.ndarray | None] = (None, None)) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame J and F of boolean ``(T, H, W)`` masks (void already removed), each frame on its crop.
+
+    boxes: each mask's per-frame boxes (:func:`mask_boxes`) where the caller has them, e.g. from RLE runs
+    or computed while a frame was decoded; computed here where None.
 
     Frames where both masks are empty score J = F = 1 and frames where one is empty J = 0 without any
     image work; F is then 1 only when the other mask fills the whole frame (its boundary is empty too)."""
     num_frames, height, width = g.shape
     j = np.zeros(num_frames, dtype=np.float64)
     f = np.zeros(num_frames, dtype=np.float64)
-    rows, cols, g_empty, p_empty = _boxes(g, p)
+    g_box, p_box = (mask_boxes(m) if b is None else b for m, b in zip((g, p), boxes))
+    g_empty, p_empty = g_box[:, 1] <= g_box[:, 0], p_box[:, 1] <= p_box[:, 0]
+    box = unite_boxes(g_box, p_box)
+    whole = (box == (0, height, 0, width)).all(axis=1)
     by_rows: list[tuple[int, np.ndarray, np.ndarray, tuple[int, int]]] = []  # frames for _count_within_rows
     for t in range(num_frames):
         if g_empty[t] and p_empty[t]:
@@ -290,12 +315,13 @@ def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_
             continue
         if g_empty[t] or p_empty[t]:
             other = p[t] if g_empty[t] else g[t]
-            f[t] = 1.0 if (want_f and rows[t].all() and cols[t].all() and other.all()) else 0.0
+            f[t] = 1.0 if (want_f and whole[t] and other.all()) else 0.0
             continue
-        ys, xs = _crop(rows[t], cols[t])
+        ys, xs = _crop(box[t], height, width)
         gc, pc = g[t, ys, xs], p[t, ys, xs]
         if want_j:
-            j[t] = np.count_nonzero(gc & pc) / np.count_nonzero(gc | pc)
+            inter = np.count_nonzero(np.logical_and(gc, pc))
+            j[t] = inter / (np.count_nonzero(gc) + np.count_nonzero(pc) - inter)
         if not want_f:
             continue
         gb, pb = seg2bmap(gc), seg2bmap(pc)
@@ -303,9 +329,9 @@ def _scores(g: np.ndarray, p: np.ndarray, r2: int, *, want_j: bool = True, want_
         if gt_flat.size == 0 or fg_flat.size == 0:
             f[t] = _f_value(0, fg_flat.size, 0, gt_flat.size)
             continue
-        dense, box = _dense(gt_flat, fg_flat, gb.shape[1])
+        dense, dense_box = _dense(gt_flat, fg_flat, gb.shape[1])
         if dense:
-            fg_match, gt_match = _dense_matches(gb[box], pb[box], r2)
+            fg_match, gt_match = _dense_matches(gb[dense_box], pb[dense_box], r2)
             f[t] = _f_value(fg_match, fg_flat.size, gt_match, gt_flat.size)
         else:  # matched below, all such frames of the stack at once
             by_rows.append((t, gt_flat, fg_flat, gb.shape))
@@ -367,7 +393,8 @@ def boundary_f(
 
 
 def j_and_f(
-    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None, bound_th: float = BOUND_TH
+    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None, bound_th: float = BOUND_TH, *,
+    gt_boxes: np.ndarray | None = None, pred_boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame J and F in one pass (see :func:`jaccard` and :func:`boundary_f`).
 
@@ -376,11 +403,20 @@ def j_and_f(
         pred: prediction, same shape.
         void: optional mask of ignored pixels, same shape.
         bound_th: boundary tolerance of F.
+        gt_boxes, pred_boxes: optional per-frame boxes of ``(T, H, W)`` masks, as :func:`mask_boxes`
+            gives them, where the caller already has them (e.g. from RLE runs, or computed while each
+            frame was decoded and still in cache): each box must hold all of its frame's foreground and be
+            empty (``y1 <= y0``) exactly when the frame is; a larger box gives the same values. Not with
+            ``void``.
 
     Returns:
         ``(J, F)``, each float64 ``(T,)`` (0-d arrays for ``(H, W)`` inputs).
     """
     g, p, v, single = _prepare(gt, pred, void)
+    if (gt_boxes is not None or pred_boxes is not None) and (v is not None or single):
+        raise ValueError("gt_boxes / pred_boxes are for (T, H, W) masks without a void mask")
+    boxes = tuple(None if b is None else _check_boxes(b, g.shape, what)
+                  for b, what in ((gt_boxes, "gt"), (pred_boxes, "pred")))
     r2 = _disk_r2(bound_pixels(g.shape[1], g.shape[2], bound_th))
-    j, f = _scores(*_without_void(g, p, v), r2)
+    j, f = _scores(*_without_void(g, p, v), r2, boxes=boxes)
     return _finish(j, single), _finish(f, single)
