@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,110 @@ def test_libspng_takes_the_common_kinds(tmp_path, monkeypatch):
         before = len(calls)
         read_mask_png(path)
         assert (len(calls) > before) == name.startswith(("L", "RGB")), name
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """A PNG's chunks as (kind, payload), the signature left out."""
+    out, pos = [], 8
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        out.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]))
+        pos += 12 + n
+    return out
+
+
+def _assemble(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [b"\x89PNG\r\n\x1a\n"]
+    for kind, payload in chunks:
+        parts += [len(payload).to_bytes(4, "big"), kind, payload, zlib.crc32(kind + payload).to_bytes(4, "big")]
+    return b"".join(parts)
+
+
+def _adam7_png(image: np.ndarray) -> bytes:
+    """An interlaced 8-bit grayscale PNG (Pillow writes none): the seven passes' rows, filter 0."""
+    h, w = image.shape
+    rows = []
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                           (0, 1, 1, 2)):
+        sub = image[y0::dy, x0::dx]
+        if sub.size:
+            rows += [b"\0" + row.tobytes() for row in sub]
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes((8, 0, 0, 0, 1))
+    return _assemble([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"".join(rows))), (b"IEND", b"")])
+
+
+def _restorable_kinds(rng) -> dict[str, tuple[bytes, np.ndarray]]:
+    """The kinds the zlib-ng path takes, with the layouts it must handle: several stored blocks (an
+    image of more than 64 KB), the image data split over several IDAT chunks, interlacing, an ancillary
+    chunk between the image data and the end."""
+    big = np.zeros((300, 410), np.uint8)
+    big[40:260, 30:200] = 255
+    big[rng.random(big.shape) < 0.01] = 7
+    one = _png(Image.fromarray(big))
+    chunks = _chunks(one)
+    idat = b"".join(p for k, p in chunks if k == b"IDAT")
+    pieces = [(b"IDAT", idat[i:i + 300]) for i in range(0, len(idat), 300)]
+    split = _assemble([c for c in chunks if c[0] != b"IDAT" and c[0] != b"IEND"] + pieces
+                      + [(b"tEXt", b"Comment\0after the image data"), (b"IEND", b"")])
+    kinds = {name: v for name, v in _kinds(rng).items() if name.startswith(("L", "RGB"))}
+    kinds.update({"L 300x410": (one, big > 0), "L split IDAT": (split, big > 0),
+                  "L interlaced": (_adam7_png(big[:37, :29]), big[:37, :29] > 0)})
+    return kinds
+
+
+def test_the_zlib_ng_path_reads_what_libspng_reads(tmp_path, monkeypatch):
+    """PNGs re-wrapped with their image data inflated by zlib-ng decode to the same values as the
+    originals, and read as the same masks as without zlib-ng; damaged PNGs are left to the original
+    path (which names the problem)."""
+    zng, spng = masks_mod._zlib_ng(), masks_mod._spng()
+    assert zng is not None  # a dependency: the fast path is what users get
+    for name, (data, expected) in _restorable_kinds(np.random.default_rng(2)).items():
+        restored = masks_mod._restored_png(data, masks_mod.png_header(data), zng)
+        assert restored is not None and restored != data, name
+        assert np.array_equal(spng.load(restored), spng.load(data)), name
+        path = tmp_path / "x.png"
+        path.write_bytes(data)
+        assert np.array_equal(read_mask_png(path), expected), name
+        monkeypatch.setattr(masks_mod, "_zlib_ng", lambda: None)
+        assert np.array_equal(read_mask_png(path), expected), name
+        monkeypatch.undo()
+    data = _png(Image.fromarray(np.full((20, 30), 255, np.uint8)))
+    chunks = _chunks(data)
+    header = masks_mod.png_header(data)
+    bad_crc = bytearray(data)
+    bad_crc[-13] ^= 1  # the IDAT chunk's CRC (IEND's 12 bytes follow it)
+    idat = next(p for k, p in chunks if k == b"IDAT")
+    damaged = {
+        "IDAT CRC": bytes(bad_crc),
+        "cut": data[: len(data) - 20],
+        "IHDR CRC": data[:29] + bytes([data[29] ^ 1]) + data[30:],
+        "no image data": _assemble([chunks[0], (b"IEND", b"")]),
+        "IDAT not consecutive": _assemble([chunks[0], (b"IDAT", idat[:5]), (b"tEXt", b"a\0b"), (b"IDAT", idat[5:]),
+                                           (b"IEND", b"")]),
+        "short image data": _assemble([chunks[0], (b"IDAT", zlib.compress(b"\0" * 31 * 19)), (b"IEND", b"")]),
+        "long image data": _assemble([chunks[0], (b"IDAT", zlib.compress(b"\0" * 31 * 21)), (b"IEND", b"")]),
+        "not zlib": _assemble([chunks[0], (b"IDAT", b"not a zlib stream"), (b"IEND", b"")]),
+    }
+    for name, bad in damaged.items():
+        assert masks_mod._restored_png(bad, header, zng) is None, name
+
+
+def test_scoring_processes_keep_freed_memory(monkeypatch):
+    """The allocator setting for scoring (``mallopt``) takes where glibc is, checked in a process of its
+    own (it is process-wide and cannot be undone); the evaluation's worker processes make it first."""
+    import platform
+
+    import ssa_rvos.evaluation.evaluate as evaluate_mod
+
+    code = "from ssa_rvos.evaluation.evaluate import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": SRC}, check=True).stdout.strip()
+    assert out == str(sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    calls = []
+    monkeypatch.setattr(evaluate_mod, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(evaluate_mod, "_WORKER_STATE", {})
+    evaluate_mod._worker_init("dataset", "source")
+    assert calls == [1] and evaluate_mod._WORKER_STATE["dataset"] == "dataset"
 
 
 def test_into_a_stack_and_size_and_damage_errors(tmp_path):
