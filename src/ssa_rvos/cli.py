@@ -280,7 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import tempfile
 
     from .data.masks import write_json_atomic
-    from .evaluation.evaluate import evaluate_predictions, keep_freed_memory, open_predictions
+    from .evaluation.evaluate import evaluate_predictions, open_predictions
 
     if bool(args.predictions) == bool(args.model):
         raise UsageError("give either --predictions DIR or --model NAME_OR_PATH")
@@ -317,7 +317,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 scratch = tempfile.mkdtemp(prefix="ssa-rvos-predictions-")
                 predictions = Path(scratch)
             _predict(args, dataset, predictions)
-        keep_freed_memory()  # this process only scores from here on (a process-wide allocator setting)
         report = evaluate_predictions(dataset, predictions, workers=args.workers, progress=True)
     finally:
         if scratch:

@@ -279,7 +279,8 @@ def keep_freed_memory() -> bool:
     data, the decoded mask). With the default settings glibc hands such buffers back to the system when
     they are freed, so every frame page-faults its buffers afresh: measured on a 480x854 mask PNG, 0.69
     ms a frame instead of 0.22. A process-wide setting with no way back, so only the processes that exist
-    to score call it: the evaluation's worker processes and the ``ssa-rvos evaluate`` command."""
+    to score call it: the evaluation's worker processes (``--workers 1`` scores in the calling process,
+    which keeps glibc's defaults)."""
     import ctypes
     import sys
 
