@@ -226,6 +226,43 @@ def _load_model(spec: str | None, device):
     return load_pretrained(_resolve_model_file(spec), device=device)
 
 
+def _load_onnx(folder: str | None, device: str | None):
+    """The network of an ONNX export folder in onnxruntime (``--backend onnxruntime``); CPU only."""
+    if not folder:
+        raise UsageError("--backend onnxruntime needs --model DIR: a folder written by "
+                         "`ssa-rvos export CHECKPOINT --format onnx -o DIR`")
+    if device not in (None, "auto", "cpu"):
+        raise UsageError(f"--device {device}: the onnxruntime backend runs on the CPU (use --device cpu or auto)")
+    from .onnx_runtime import OnnxModelError, OnnxSSA
+
+    try:
+        return OnnxSSA(folder)
+    except OnnxModelError as e:
+        raise UsageError(f"--model {e}") from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .pretrained import load_pretrained
+
+    out = _check_output("--output", args.output, folder=True)
+    path = _resolve_model_file(args.checkpoint, None)
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UsageError("export --format onnx needs onnx and onnxscript: pip install -e \".[onnx]\"") from None
+    from .onnx_export import export_onnx
+
+    model = load_pretrained(path, device="cpu")
+    try:
+        export_onnx(model, out, optimize=not args.no_optimize, progress=not args.quiet)
+    except ValueError as e:
+        raise UsageError(f"--output {e}") from None
+    print(f"wrote {out}/ (7 ONNX graphs and ssa_onnx.json); segment with it: ssa-rvos segment VIDEO --text T "
+          f"--backend onnxruntime --model {out}")
+    return 0
+
+
 def _predict(args: argparse.Namespace, dataset, output: Path) -> None:
     """Predict the split into ``output``; under torchrun each process takes its share of the videos and
     the first reports the totals."""
@@ -527,8 +564,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         video = open_video(args.input)  # checks the input before the model is loaded
     except ImportError as e:
         raise UsageError(str(e)) from None
-    device = _resolve_device(args.device)
-    model = _load_model(args.model, device)
+    if args.backend == "onnxruntime":
+        model = _load_onnx(args.model, args.device)
+        args.selection = args.selection or "union"
+    else:
+        model = _load_model(args.model, _resolve_device(args.device))
     if args.selection is None:
         from .pretrained import default_selection
 
@@ -635,6 +675,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the model's name in the card (default: the release name or the file name)")
     p.set_defaults(func=cmd_export_hub)
 
+    p = sub.add_parser("export", help="write a model as ONNX graphs for onnxruntime (segment --backend onnxruntime)")
+    p.add_argument("checkpoint", help="a model name or one of our .safetensors checkpoints")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="the format (default: %(default)s)")
+    p.add_argument("-o", "--output", required=True, help="output folder (new, empty, or an earlier export)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip the exporter's graph optimisation (about half the export time; onnxruntime still "
+                        "optimises when it loads the graphs)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("predict", help="predict every expression of a benchmark split (resumable)")
     _add_dataset_args(p, split_help="split (default: valid_u for mevis, valid otherwise)")
     _add_model_args(p, required=True)
@@ -711,7 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="output folder: <expression index>/<frame>.png, masks.json, "
                    "overlay.mp4; a rerun into it replaces (and removes) the earlier run's outputs")
     p.add_argument("--model", help="a model name (ssa-rvos models lists them; the authors' download once), a "
-                   "checkpoint, hf://OWNER/REPO/FILE or an https:// URL (default: the bundled ssa_tiny.synthref)")
+                   "checkpoint, hf://OWNER/REPO/FILE or an https:// URL (default: the bundled ssa_tiny.synthref); "
+                   "with --backend onnxruntime, the folder of `ssa-rvos export --format onnx`")
+    p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="what runs the network: pytorch (default), or onnxruntime on the CPU for an ONNX export")
     p.add_argument("--selection", choices=("union", "top1"),
                    help="union: every video query above --threshold (multiple targets); top1: the best (default: "
                         "the model's own: top1 for ssa_convnext_large.ytvos, else union)")

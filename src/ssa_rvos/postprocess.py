@@ -8,6 +8,7 @@ padded input, cropped to the image, resized to the requested output size and thr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .modeling import SSAOutput
+from .modeling.ssa import mask_logits
 
 SELECTIONS = ("union", "top1")
 _UPSAMPLE_ELEMENTS = 2**25  # float logits upsampled at once by query_masks (128 MB)
@@ -72,15 +74,17 @@ def query_masks(
     padded_size: tuple[int, int],
     image_size: tuple[int, int],
     output_size: tuple[int, int] | None = None,
+    head: Callable[[Tensor, Tensor], Tensor] = mask_logits,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The masks of Q selected video queries on T frames.
 
     embed: (Q, C) their mask embeddings; features: (T, C, h, w) video mask features at stride 4.
     Returns masks (Q, T, H, W) bool at ``output_size`` (default: the image size), and per query the
     summed foreground probability inside its mask and the mask's area, both (Q,) at the image size:
-    the parts of the mask score, which add up over frames.
+    the parts of the mask score, which add up over frames. head: the mask head (embed, features) -> (Q, T, h, w)
+    logits (:func:`ssa_rvos.modeling.ssa.mask_logits`; a backend's own in the engine).
     """
-    logits = torch.einsum("qc,tchw->qthw", embed, features)
+    logits = head(embed, features)
     logits = resize_mask_logits(logits, padded_size=padded_size, image_size=image_size)
     prob = logits.sigmoid()
     hard = prob > 0.5

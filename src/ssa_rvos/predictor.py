@@ -302,6 +302,16 @@ class SSAPredictor:
         kwargs.setdefault("selection", default_selection(name_or_path))
         return cls(load_pretrained(name_or_path, device=resolve_device(device)), **kwargs)
 
+    @classmethod
+    def from_onnx(cls, folder: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
+                  **kwargs) -> SSAPredictor:
+        """A predictor whose network runs in onnxruntime (CPU): ``folder`` is an export of
+        ``ssa-rvos export CHECKPOINT --format onnx -o DIR`` (:class:`ssa_rvos.onnx_runtime.OnnxSSA`; threads
+        and optimization are its session settings). The engine, its chunking and outputs are the same."""
+        from .onnx_runtime import OnnxSSA
+
+        return cls(OnnxSSA(folder, threads=threads, optimization=optimization), **kwargs)
+
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -471,7 +481,8 @@ class SSAPredictor:
                     with torch.inference_mode():
                         for b in range(E):
                             m, num, area = query_masks(embed[b], feats[b, j:j + 1], padded_size=padded,
-                                                       image_size=state.input_size, output_size=(H, W))
+                                                       image_size=state.input_size, output_size=(H, W),
+                                                       head=model.mask_logits)
                             inst.append(m[:, 0].cpu().numpy())
                             sums.append((num, area))
                     frame = FrameResult(index=s + j, name=state.frame_names[s + j],

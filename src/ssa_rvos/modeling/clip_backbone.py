@@ -70,6 +70,27 @@ class TextFeatures:
                             self.sentence[start:stop])
 
 
+def tokenize(tokenizer, texts: list[str], *, warn_truncated: bool = False, stacklevel: int = 5) -> Tensor:
+    """(B, context) token ids of the cleaned sentences, truncated to the context by ``tokenizer`` (open_clip's).
+
+    warn_truncated: a UserWarning for each sentence that was cut (``stacklevel``: pointing at the engine's
+    caller). A sentence fills the whole context only when it is at least that long, so only those are
+    encoded a second time, to count their tokens.
+    """
+    cleaned = [clean_sentence(t) for t in texts]
+    tokens = tokenizer(cleaned)
+    encode = getattr(tokenizer, "encode", None)  # open_clip's SimpleTokenizer: BPE ids, no sot/eot
+    if warn_truncated and encode is not None:
+        context = tokens.shape[1]
+        for i in torch.nonzero(tokens[:, -1] != 0).flatten().tolist():
+            n = len(encode(cleaned[i])) + 2
+            if n > context:
+                shown = texts[i] if len(texts[i]) <= 60 else texts[i][:57] + "..."
+                warnings.warn(f"expression {i} ({shown!r}) has {n} tokens, more than the text encoder's context "
+                              f"of {context}: only its first {context - 2} are used", UserWarning, stacklevel=stacklevel)
+    return tokens
+
+
 class ClipBackbone(nn.Module):
     def __init__(
         self,
@@ -109,30 +130,19 @@ class ClipBackbone(nn.Module):
         return int(self.clip.positional_embedding.shape[0])
 
     def tokenize(self, texts: list[str], *, warn_truncated: bool = False) -> Tensor:
-        """(B, context) token ids of the cleaned sentences, truncated to the context by the tokenizer.
-
-        warn_truncated: a UserWarning for each sentence that was cut. A sentence fills the whole context
-        only when it is at least that long, so only those are encoded a second time, to count their tokens.
-        """
-        cleaned = [clean_sentence(t) for t in texts]
-        tokens = self.tokenizer(cleaned)
-        encode = getattr(self.tokenizer, "encode", None)  # open_clip's SimpleTokenizer: BPE ids, no sot/eot
-        if warn_truncated and encode is not None:
-            context = tokens.shape[1]
-            for i in torch.nonzero(tokens[:, -1] != 0).flatten().tolist():
-                n = len(encode(cleaned[i])) + 2
-                if n > context:
-                    shown = texts[i] if len(texts[i]) <= 60 else texts[i][:57] + "..."
-                    warnings.warn(f"expression {i} ({shown!r}) has {n} tokens, more than the text encoder's context "
-                                  f"of {context}: only its first {context - 2} are used", UserWarning, stacklevel=4)
-        return tokens
+        """(B, context) token ids of the cleaned sentences (:func:`tokenize`)."""
+        return tokenize(self.tokenizer, texts, warn_truncated=warn_truncated)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], *, warn_truncated: bool = False) -> TextFeatures:
         """Run the frozen text tower on B sentences (paper Sec. 3.1); see :meth:`tokenize` for
         ``warn_truncated``."""
-        device = self.clip.positional_embedding.device
-        tokens = self.tokenize(texts, warn_truncated=warn_truncated).to(device)
+        tokens = self.tokenize(texts, warn_truncated=warn_truncated).to(self.clip.positional_embedding.device)
+        return self.encode_tokens(tokens)
+
+    def encode_tokens(self, tokens: Tensor) -> TextFeatures:
+        """:meth:`encode_text` from the (B, context) token ids (what the exported text graph computes)."""
+        device = tokens.device
         x = text_tower(self.clip, tokens)
         eot = tokens.argmax(dim=-1)  # end-of-text has the highest id in CLIP's vocabulary
         sentence = x[torch.arange(x.shape[0], device=device), eot]

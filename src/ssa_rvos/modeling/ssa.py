@@ -24,6 +24,11 @@ def foreground_probability(logits: Tensor) -> Tensor:
     return logits.float().softmax(-1)[..., 0]
 
 
+def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
+    """The mask head: Q mask embeddings (Q, Cm) on T frames' mask features (T, Cm, h, w) -> (Q, T, h, w)."""
+    return torch.einsum("qc,tchw->qthw", embed, features)
+
+
 class SentenceProjection(nn.Module):
     """CLIP sentence feature -> decoder width: Linear, LayerNorm (eps 1e-12), dropout."""
 
@@ -150,10 +155,7 @@ class SSA(nn.Module):
         frames, like the original.
         """
         k = query_layers or (self.config.frame_decoder.train_query_layers if self.training else 1)
-        features = self.backbone(images, text)
-        if sentence is None:
-            sentence = self.sentence_proj(text.sentence)
-        pix = self.pixel_decoder(features, sentence[:, None, :])
+        pix = self.forward_pixels(images, text, sentence=sentence)
         frames = self.frame_decoder(multi_scale=pix.multi_scale, mask_features=pix.mask_features, sentence=pix.sentence)
         return FrameStageOutput(
             logits=frames.logits,
@@ -172,11 +174,20 @@ class SSA(nn.Module):
         the video stage chose) instead of holding every frame's mask features; the second pass needs
         no frame decoder.
         """
+        return self.video_decoder.mask_features(self.forward_pixels(images, text, sentence=sentence).fpn)
+
+    def forward_pixels(self, images: Tensor, text: TextFeatures, *, sentence: Tensor | None = None):
+        """The backbone with its adapters and the pixel decoder on BT preprocessed images
+        (:class:`~ssa_rvos.modeling.pixel_decoder.PixelDecoderOutput`): what the frame decoder and the
+        video mask features read."""
         features = self.backbone(images, text)
         if sentence is None:
             sentence = self.sentence_proj(text.sentence)
-        pix = self.pixel_decoder(features, sentence[:, None, :])
-        return self.video_decoder.mask_features(pix.fpn)
+        return self.pixel_decoder(features, sentence[:, None, :])
+
+    def mask_logits(self, embed: Tensor, features: Tensor) -> Tensor:
+        """:func:`mask_logits` (the engine's pass 2 calls it through the model, so a backend can replace it)."""
+        return mask_logits(embed, features)
 
     def forward_video(self, frame_queries: Tensor, sentence_tokens: Tensor):
         """frame_queries: (K, B, T, N, C); sentence_tokens: (B, T, C). The K query layers are

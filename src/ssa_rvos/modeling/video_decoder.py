@@ -92,16 +92,24 @@ class VideoDecoder(nn.Module):
         q = self.input_proj(frame_queries)
         if self.config.sequential_alignment:
             trajectory = match_trajectories(q)
+        else:
+            trajectory = torch.arange(N, device=q.device).expand(B, T, N)
+        return self.decode(q, trajectory, sentences)
+
+    def decode(self, q: Tensor, trajectory: Tensor, sentences: Tensor) -> VideoDecoderOutput:
+        """The video stage after the trajectory matching: q (B, T, N, C) the projected frame queries,
+        trajectory (B, T, N) their permutation (ignored without sequential alignment), sentences (B, T, C)."""
+        T = q.shape[1]
+        if self.config.sequential_alignment:
             aligned = self.temporal_enhancement(apply_permutation(q, trajectory))
             weights = self.ensemble(aligned).softmax(dim=1)  # over T
             x = (aligned * weights).sum(1)  # (B, N, C)
         else:
-            trajectory = torch.arange(N, device=q.device).expand(B, T, N)
             aligned = q
             x = q.mean(1)
         tokens = rearrange(aligned, "b t n c -> b (t n) c")
         token_pos = self.slot_pos.weight.repeat(T, 1)[None]  # slot j keeps its embedding at every t
-        query_pos = self.query_pos.weight[None].expand(B, -1, -1)
+        query_pos = self.query_pos.weight[None].expand(q.shape[0], -1, -1)
 
         outputs = []
         for layer in self.layers:

@@ -1,0 +1,241 @@
+"""ONNX export and the onnxruntime backend: every graph against PyTorch at sizes other than the export's,
+the engine's masks identical on the bundled model's demo and on the authors' fixture (official-tiny), and
+the errors of the folder, the command and the backend."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("onnxruntime", reason="the [onnx] extra (CI installs it with [dev])")
+pytest.importorskip("onnxscript", reason="the [onnx] extra (CI installs it with [dev])")
+
+from ssa_rvos.cli import main  # noqa: E402
+from ssa_rvos.onnx_export import GRAPHS, MANIFEST, _WRAPPERS, example_inputs, export_graph, export_onnx  # noqa: E402
+from ssa_rvos.onnx_runtime import OnnxModelError, OnnxSSA, read_manifest, session_options  # noqa: E402
+from ssa_rvos.predictor import SSAPredictor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    """The bundled model (float32) and its export, made once for the module (about a minute). Without the
+    exporter's optimiser, which doubles the export time (the optimised path is tested on the video graph)."""
+    from ssa_rvos.pretrained import load_pretrained
+
+    model = load_pretrained(None).float().eval()
+    folder = export_onnx(model, tmp_path_factory.mktemp("onnx") / "bundled", optimize=False)
+    return model, folder
+
+
+def _outputs(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames,sentences,size", [(3, 1, (96, 128)), (1, 3, (64, 160))])
+def test_every_graph_matches_pytorch_at_other_sizes(bundled, frames, sentences, size):
+    """The export traced 2 frames x 2 sentences at 64x96; every axis that varies at inference varies here."""
+    model, folder = bundled
+    backend = OnnxSSA(folder)
+    inputs = example_inputs(model, frames=frames, sentences=sentences, size=size)
+    for name in GRAPHS:
+        session = backend.sessions[name]
+        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs[name])}
+        ours = session.run(None, feeds)
+        with torch.no_grad():
+            ref = _outputs(_WRAPPERS[name](model)(*inputs[name]))
+        assert len(ours) == len(ref), name
+        for o, r in zip(ours, ref):
+            assert o.shape == tuple(r.shape), (name, o.shape, r.shape)
+            if r.dtype.is_floating_point:
+                diff = float(np.abs(o - r.numpy()).max())
+                assert diff <= ATOL, f"{name}: max abs diff {diff:.3g}"
+            else:
+                assert np.array_equal(o, r.numpy()), name
+
+
+def _demo_texts() -> list[str]:
+    return (REPO / "examples" / "demo_expressions.txt").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_the_demo_through_onnxruntime_is_the_pytorch_demo(bundled, tmp_path, capsys):
+    """The quick start's video and its 8 sentences: the same queries, masks identical, scores within 1e-4;
+    then the command line with --backend onnxruntime writes the same masks.json as the default backend."""
+    model, folder = bundled
+    texts = _demo_texts()
+    torch_predictor = SSAPredictor(model)
+    onnx_predictor = SSAPredictor.from_onnx(folder)
+    video = str(REPO / "examples" / "demo.mp4")
+    with torch_predictor.init_state(video) as a, onnx_predictor.init_state(video) as b:
+        ref, ours = torch_predictor.segment(a, texts), onnx_predictor.segment(b, texts)
+    for r, o in zip(ref, ours):
+        assert np.array_equal(r.query_indices, o.query_indices), r.text
+        assert len(r.query_indices) > 0 and r.masks.any(), r.text  # something to compare
+        assert np.array_equal(r.masks, o.masks), r.text
+        assert np.abs(np.asarray(r.scores) - np.asarray(o.scores)).max() <= ATOL
+        assert np.abs(np.asarray(r.mask_scores) - np.asarray(o.mask_scores)).max() <= ATOL
+    common = [video, "--texts-file", str(REPO / "examples" / "demo_expressions.txt"), "--format", "rle", "-q"]
+    assert main(["segment", *common, "-o", str(tmp_path / "pt")]) == 0
+    assert main(["segment", *common, "-o", str(tmp_path / "ort"), "--backend", "onnxruntime",
+                 "--model", str(folder)]) == 0
+    pt, ort = (json.loads((tmp_path / d / "masks.json").read_text()) for d in ("pt", "ort"))
+    assert [e["frames"] if "frames" in e else e.get("masks") for e in pt["expressions"]] == \
+        [e["frames"] if "frames" in e else e.get("masks") for e in ort["expressions"]]
+    assert pt["frames"] == ort["frames"]
+
+
+@pytest.mark.slow
+def test_the_authors_fixture_through_onnxruntime(fixtures_dir, tmp_path):
+    """official-tiny converted, exported and run by onnxruntime: each stage within 1e-4 of the authors'
+    outputs (the rescaled class head's logits relatively, as in test_official.py) and the final masks and
+    selected queries theirs, except where the upsampled logit is within 1e-4 of zero."""
+    from ssa_rvos.checkpoint import convert_official_checkpoint
+    from ssa_rvos.modeling import ClipConfig
+    from ssa_rvos.postprocess import resize_mask_logits
+
+    fixture = fixtures_dir / "official-tiny"
+    meta = json.loads((fixture / "meta.json").read_text())
+    ref = load_file(str(fixture / "reference_outputs.safetensors"))
+    clip = ClipConfig(model_name="convnext_tinyfix", architecture=meta["clip_config"], word_mask_rule="nonzero")
+    model, _ = convert_official_checkpoint(fixture / "official_tiny.pth", clip=clip)
+    backend = OnnxSSA(export_onnx(model.eval(), tmp_path / "official", optimize=False))
+
+    def close(ours, expected, rtol=0.0):
+        assert ours.shape == expected.shape, (ours.shape, expected.shape)
+        torch.testing.assert_close(ours.float(), expected.float(), atol=ATOL, rtol=rtol)
+
+    text = backend.encode_text([meta["sentence"]])
+    close(text.words, ref["word_feat"])
+    close(text.sentence, ref["sentence_feat"])
+    assert torch.equal(text.word_mask, ref["word_mask"].bool())
+    frames = ref["frames_uint8"].permute(0, 3, 1, 2).float()
+    images, size = backend.preprocess(frames)
+    close(images, ref["images_padded"])
+    T = frames.shape[0]
+    sentence = backend.sentence_proj(text.sentence)
+    stage = backend.forward_frames(images, text.repeat_frames(T), sentence=sentence.repeat_interleave(T, 0))
+    close(stage.video_mask_features, ref["video_mask_features"])
+    close(stage.sentence[:, None], ref["sentence_tokens_per_frame"])
+    close(stage.queries[0], ref["frame_queries_last"])
+    close(backend.forward_mask_features(images, text.repeat_frames(T), sentence=sentence.repeat_interleave(T, 0)),
+          ref["video_mask_features"])
+    video = backend.forward_video(stage.queries[:, None], stage.sentence[None])
+    close(video.mask_embed[-1], ref["video_pred_mask_embed"])
+    close(video.logits[-1], ref["video_pred_logits"], rtol=1e-5)
+    # the engine end to end: the MeViS selection and masks of the authors' code
+    predictor = SSAPredictor(backend, short_side=min(size))
+    with predictor.init_state(ref["frames_uint8"].numpy()) as state:
+        result = predictor.segment(state, [meta["sentence"]])[0]
+    scores = ref["video_pred_logits"][0, 0].softmax(-1)[:, 0]
+    assert np.array_equal(result.query_indices, torch.nonzero(scores > 0.5).flatten().numpy())
+    embed = ref["video_pred_mask_embed"][0, 0, result.query_indices]
+    logits = resize_mask_logits(torch.einsum("qc,tchw->qthw", embed, ref["video_mask_features"]),
+                                padded_size=tuple(images.shape[-2:]), image_size=size)
+    differ = result.masks != ref["final_masks"][0].bool().numpy()
+    assert not (differ & ~(logits.abs() < 1e-4).any(0).numpy()).any()
+    assert result.masks.sum() > 0
+
+
+@pytest.mark.slow
+def test_without_sequential_alignment_the_video_graph_matches(tmp_path):
+    """The ablation's video graph has no use for the trajectory (the exporter may drop that input): the
+    backend feeds only the inputs a graph has, and the outputs are PyTorch's. Exported with the exporter's
+    optimiser (the default, which the other tests skip for time)."""
+    from ssa_rvos import build_model, model_config
+
+    config = model_config("ssa_tiny")
+    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder,
+                                                                             sequential_alignment=False))
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    inputs = example_inputs(model)["video"]
+    export_graph(model, "video", tmp_path / "video.onnx", inputs, optimize=True)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "video.onnx"), session_options(1), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feeds = {n: x.numpy() for n, x in zip(["projected", "trajectory", "sentence_tokens"], inputs) if n in names}
+    ours = session.run(None, feeds)
+    with torch.no_grad():
+        ref = _WRAPPERS["video"](model)(*inputs)
+    for o, r in zip(ours, ref):
+        assert float(np.abs(o - r.numpy()).max()) <= ATOL
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+def _fake_export(folder: Path, **changes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    from ssa_rvos import model_config
+
+    manifest = {"format": "ssa-rvos-onnx/1", "graphs": {g: f"{g}.onnx" for g in GRAPHS}, "context_length": 77,
+                "config": model_config("ssa_tiny").to_dict(), **changes}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    for g in GRAPHS:
+        (folder / f"{g}.onnx").write_bytes(b"not an onnx graph")
+    return folder
+
+
+def test_a_folder_that_is_not_an_export_is_one_line(tmp_path):
+    with pytest.raises(OnnxModelError, match=r"not an ONNX export \(no ssa_onnx.json"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text("{")
+    with pytest.raises(OnnxModelError, match=r"ssa_onnx.json: not readable JSON"):
+        read_manifest(tmp_path)
+    with pytest.raises(OnnxModelError, match=r"format 'other/2', expected 'ssa-rvos-onnx/1'"):
+        read_manifest(_fake_export(tmp_path / "a", format="other/2"))
+    folder = _fake_export(tmp_path / "b")
+    (folder / "video.onnx").unlink()
+    with pytest.raises(OnnxModelError, match=r"graph 'video' file 'video.onnx' is missing"):
+        read_manifest(folder)
+    with pytest.raises(OnnxModelError, match=r"graph 'pixel' file '../x.onnx' is missing"):
+        read_manifest(_fake_export(tmp_path / "c", graphs={**{g: f"{g}.onnx" for g in GRAPHS}, "pixel": "../x.onnx"}))
+    with pytest.raises(OnnxModelError, match=r"context_length None, expected"):
+        read_manifest(_fake_export(tmp_path / "d", context_length=None))
+    with pytest.raises(OnnxModelError, match=r"the model config is not readable"):
+        read_manifest(_fake_export(tmp_path / "e", config=[1]))
+    with pytest.raises(OnnxModelError, match=r"the model config is not readable"):
+        read_manifest(_fake_export(tmp_path / "f", config={"hidden_dim": "wide"}))
+    assert read_manifest(_fake_export(tmp_path / "g"))["config"].hidden_dim > 0
+
+
+def test_bad_export_and_backend_arguments_are_usage_errors(tmp_path, capsys):
+    video = str(REPO / "examples" / "demo.mp4")
+    cases = [
+        (["segment", video, "-t", "a", "-o", str(tmp_path / "o1"), "--backend", "onnxruntime"],
+         "--backend onnxruntime needs --model DIR"),
+        (["segment", video, "-t", "a", "-o", str(tmp_path / "o2"), "--backend", "onnxruntime", "--model",
+          str(tmp_path), "--device", "cuda"], "--device cuda: the onnxruntime backend runs on the CPU"),
+        (["segment", video, "-t", "a", "-o", str(tmp_path / "o3"), "--backend", "onnxruntime", "--model",
+          str(tmp_path)], f"--model {tmp_path}: not an ONNX export"),
+        (["segment", video, "-t", "a", "-o", str(tmp_path / "o4"), "--backend", "onnxruntime", "--model",
+          str(_fake_export(tmp_path / "broken"))], "onnxruntime cannot load it"),
+    ]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    cases.append((["export", "ssa_tiny.synthref", "-o", str(tmp_path / "mine")],
+                  "not empty and not an earlier export (holds notes.txt)"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "o3").exists()
+
+
+def test_the_backend_stays_on_the_cpu(tmp_path):
+    backend = OnnxSSA.__new__(OnnxSSA)  # the device rules need no graphs
+    assert backend.to("cpu") is backend and backend.eval() is backend and backend.device.type == "cpu"
+    with pytest.raises(ValueError, match="runs on the CPU, not cuda"):
+        backend.to("cuda")
+    with pytest.raises(ValueError, match="optimization must be one of"):
+        session_options(1, "fast")
