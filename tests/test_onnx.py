@@ -239,3 +239,7 @@ def test_the_backend_stays_on_the_cpu(tmp_path):
         backend.to("cuda")
     with pytest.raises(ValueError, match="optimization must be one of"):
         session_options(1, "fast")
+    opts = session_options(3, "basic")
+    assert opts.intra_op_num_threads == 3
+    # no busy-waiting threads between graphs (measured: they took the cores from the engine's own work)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"

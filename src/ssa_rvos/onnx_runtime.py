@@ -93,6 +93,9 @@ def session_options(threads: int | None = None, optimization: str = "all"):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = levels[optimization]
     opts.log_severity_level = 3  # errors only: its notes on unused initialisers are not the user's concern
+    # no busy-waiting between runs: the engine's own PyTorch work (upsampling, thresholding the masks)
+    # runs between the graphs, and spinning onnxruntime threads would take its cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
