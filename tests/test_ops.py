@@ -140,3 +140,42 @@ def test_reference_paths_restores_the_previous_state_on_error():
     assert not use_reference()
     with reference_paths(), reference_paths(False):
         assert not use_reference()
+
+
+def _adapter_inputs(dtype):
+    from ssa_rvos.modeling.adapter import StageAdapter
+    from ssa_rvos.modeling.config import AdapterConfig
+
+    g = torch.Generator().manual_seed(0)
+    adapter = StageAdapter(visual_dim=48, text_dim=32, config=AdapterConfig(dim=64, heads=4)).to(dtype)
+    x = torch.randn(2, 48, 10, 14, generator=g, dtype=dtype)
+    words = torch.randn(2, 7, 32, generator=g, dtype=dtype)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    return adapter, dict(sentence=torch.randn(2, 32, generator=g, dtype=dtype), words=words, word_mask=mask), x
+
+
+def test_the_adapters_sentence_path_without_attention_equals_the_attention():
+    """Eq. 3's attention has one key (weight 1): at inference the fast path skips the per-pixel query and
+    output projections. Same result as the attention (float64: to rounding), and the fast path is taken
+    (it never calls the attention module with the sentence)."""
+    adapter, text, x = _adapter_inputs(torch.float64)
+    adapter.eval()
+    calls = []
+    hook = adapter.cross_attn.register_forward_hook(lambda m, args, out: calls.append(args[1].shape[1]))
+    with torch.no_grad():
+        fast = adapter(x, **text)
+        assert calls == [7]  # the word path only
+        with reference_paths():
+            ref = adapter(x, **text)
+        assert calls == [7, 7, 1]
+    hook.remove()
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    assert (fast - adapter.conv2.bias[None, :, None, None]).abs().mean() > 0.1  # not trivially equal
+    # training runs the attention as written (its dropout acts on the one weight)
+    adapter.train()
+    calls.clear()
+    hook = adapter.cross_attn.register_forward_hook(lambda m, args, out: calls.append(args[1].shape[1]))
+    adapter(x, **text)
+    hook.remove()
+    assert calls == [7, 1]

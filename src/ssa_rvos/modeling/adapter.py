@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .config import AdapterConfig
 from .layers import MLP, CrossAttentionLayer, sine_position_1d, sine_position_2d
+from .ops import use_reference
 
 
 class StageAdapter(nn.Module):
@@ -54,7 +55,7 @@ class StageAdapter(nn.Module):
         w = self.text_proj(words)
         word_path = self.cross_attn(q, w, query_pos=q_pos, key_pos=word_pos, key_padding_mask=~word_mask)
         s = self.text_proj(sentence)[:, None, :]
-        sentence_path = self.cross_attn(q, s, query_pos=q_pos)
+        sentence_path = self._sentence_path(q, s, q_pos)
 
         word_path = rearrange(self.out_proj(word_path), "b (h w) c -> b c h w", h=H, w=W)
         sentence_path = rearrange(self.out_proj(sentence_path), "b (h w) c -> b c h w", h=H, w=W)
@@ -67,3 +68,17 @@ class StageAdapter(nn.Module):
             + gate[:, 2, None, None, None] * conv_path
         )
         return (out, gate) if return_gate else out
+
+    def _sentence_path(self, q: Tensor, s: Tensor, q_pos: Tensor) -> Tensor:
+        """Eq. 3: every pixel attends to the one sentence key. Its softmax weight is 1, so the attention
+        output is the projected sentence value for every pixel; at inference that vector is computed once
+        instead of projecting every pixel's query and output (two dim x dim products per pixel, a third
+        of the adapters' time on the large model). Training (attention dropout acts on that weight) and
+        ``ssa_rvos.modeling.ops.reference_paths()`` run the attention as written."""
+        layer = self.cross_attn
+        attn = layer.attn
+        if self.training or use_reference() or not attn._qkv_same_embed_dim:
+            return layer(q, s, query_pos=q_pos)
+        E = attn.embed_dim
+        value = F.linear(s, attn.in_proj_weight[2 * E:], None if attn.in_proj_bias is None else attn.in_proj_bias[2 * E:])
+        return layer.norm(q + attn.out_proj(value))
