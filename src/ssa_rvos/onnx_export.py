@@ -31,6 +31,7 @@ backend that reads it is :mod:`ssa_rvos.onnx_runtime`.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -146,7 +147,7 @@ def example_inputs(model, *, frames: int = 2, sentences: int = 2, size: tuple[in
         }
 
 
-_NAMES = {
+GRAPH_IO = {  # graph -> (input names, output names), the order of the wrappers' arguments and results
     "text": (["tokens"], ["words", "word_mask", "sentence"]),
     "sentence_proj": (["sentence"], ["projected"]),
     "pixel": (["images", "words", "word_mask", "clip_sentence", "sentence"],
@@ -190,7 +191,7 @@ def export_graph(model, name: str, path: str | os.PathLike, inputs: tuple, *, op
     import onnx
 
     wrapper = _WRAPPERS[name](model).eval()
-    input_names, output_names = _NAMES[name]
+    input_names, output_names = GRAPH_IO[name]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(wrapper, inputs, dynamo=True, opset_version=OPSET, input_names=input_names,
@@ -214,16 +215,21 @@ def export_onnx(model, out_dir: str | os.PathLike, *, optimize: bool = True, pro
         if extra:
             raise ValueError(f"{out_dir}: not empty and not an earlier export (holds {', '.join(extra[:3])}); "
                              "choose a new folder")
-    model = model.float().cpu().eval()
-    inputs = example_inputs(model)
-    with atomic_dir(out_dir) as tmp:
-        files = {}
-        for name in tqdm(GRAPHS, desc="export", unit="graph", disable=not progress):
-            files[name] = f"{name}.onnx"
-            export_graph(model, name, tmp / files[name], inputs[name], optimize=optimize)
-        manifest = {"format": FORMAT, "opset": OPSET, "torch": torch.__version__, "optimized": optimize,
-                    "graphs": files,
-                    "config": model.config.to_dict(),
-                    "context_length": model.backbone.context_length}
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float().cpu()  # the graphs are fp32 on the CPU; the caller's model stays
+    training = model.training
+    model.eval()
+    try:
+        inputs = example_inputs(model)
+        with atomic_dir(out_dir) as tmp:
+            files = {}
+            for name in tqdm(GRAPHS, desc="export", unit="graph", disable=not progress):
+                files[name] = f"{name}.onnx"
+                export_graph(model, name, tmp / files[name], inputs[name], optimize=optimize)
+            manifest = {"format": FORMAT, "opset": OPSET, "torch": torch.__version__, "optimized": optimize,
+                        "graphs": files, "config": model.config.to_dict(),
+                        "context_length": model.backbone.context_length}
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    finally:
+        model.train(training)
     return out_dir

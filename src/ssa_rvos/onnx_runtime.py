@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .modeling.clip_backbone import TextFeatures, tokenize
 from .configs import from_dict
 from .modeling.config import SSAConfig
+from .modeling.ssa import padded_size, preprocess
 from .modeling.trajectory import match_trajectories
-from .onnx_export import FORMAT, GRAPHS, MANIFEST
+from .onnx_export import FORMAT, GRAPH_IO, GRAPHS, MANIFEST
 
 
 class OnnxModelError(ValueError):
@@ -151,7 +151,7 @@ class OnnxSSA:
 
     def _run(self, name: str, *inputs: Tensor) -> list[Tensor]:
         # a graph may drop an input it does not use (the trajectory without sequential alignment)
-        names = _NAMES_IN[name]
+        names = GRAPH_IO[name][0]
         feeds = {n: np.ascontiguousarray(x.detach().cpu().numpy()) for n, x in zip(names, inputs)
                  if n in self._inputs[name]}
         return [torch.from_numpy(o) for o in self.sessions[name].run(None, feeds)]
@@ -159,17 +159,11 @@ class OnnxSSA:
     # ------------------------------------------------------------------------------ what the engine calls
 
     def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        d = self.config.size_divisibility
-        return (size[0] + (-size[0]) % d, size[1] + (-size[1]) % d)
+        return padded_size(size, self.config.size_divisibility)
 
     def preprocess(self, frames: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """As :meth:`ssa_rvos.modeling.SSA.preprocess`: normalise, then pad with zeros to the stride."""
-        H, W = frames.shape[-2:]
-        x = (frames.float() - self.pixel_mean) / self.pixel_std
-        Hp, Wp = self.padded_size((H, W))
-        if Hp != H or Wp != W:
-            x = F.pad(x, (0, Wp - W, 0, Hp - H))
-        return x, (H, W)
+        return preprocess(frames, self.pixel_mean, self.pixel_std, self.config.size_divisibility)
 
     def encode_text(self, texts: list[str], *, warn_truncated: bool = False) -> TextFeatures:
         tokens = tokenize(self.tokenizer, texts, warn_truncated=warn_truncated, stacklevel=3)
@@ -207,13 +201,3 @@ class OnnxSSA:
     def mask_logits(self, embed: Tensor, features: Tensor) -> Tensor:
         return self._run("mask_head", embed, features)[0]
 
-
-_NAMES_IN = {
-    "text": ["tokens"],
-    "sentence_proj": ["sentence"],
-    "pixel": ["images", "words", "word_mask", "clip_sentence", "sentence"],
-    "frame_decoder": ["multi_scale0", "multi_scale1", "multi_scale2", "mask_features", "sentence_tokens"],
-    "video_proj": ["frame_queries"],
-    "video": ["projected", "trajectory", "sentence_tokens"],
-    "mask_head": ["embed", "features"],
-}

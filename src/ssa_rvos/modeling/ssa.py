@@ -29,6 +29,24 @@ def mask_logits(embed: Tensor, features: Tensor) -> Tensor:
     return torch.einsum("qc,tchw->qthw", embed, features)
 
 
+def padded_size(size: tuple[int, int], divisibility: int) -> tuple[int, int]:
+    """(H, W) -> the next multiples of ``divisibility``."""
+    return (size[0] + (-size[0]) % divisibility, size[1] + (-size[1]) % divisibility)
+
+
+def preprocess(frames: Tensor, mean: Tensor, std: Tensor, divisibility: int) -> tuple[Tensor, tuple[int, int]]:
+    """frames: (..., 3, H, W) RGB on a 0-255 scale -> normalised by ``mean`` / ``std`` (3, 1, 1), padded
+    with zeros at the bottom/right to multiples of ``divisibility``, and the unpadded (H, W).
+
+    Padding happens after normalising, so the padded area is the mean colour's zero."""
+    H, W = frames.shape[-2:]
+    x = (frames.to(mean.dtype) - mean) / std
+    Hp, Wp = padded_size((H, W), divisibility)
+    if Hp != H or Wp != W:
+        x = F.pad(x, (0, Wp - W, 0, Hp - H))
+    return x, (H, W)
+
+
 class SentenceProjection(nn.Module):
     """CLIP sentence feature -> decoder width: Linear, LayerNorm (eps 1e-12), dropout."""
 
@@ -124,22 +142,12 @@ class SSA(nn.Module):
 
     def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(H, W) -> the size :meth:`preprocess` pads it to (the next multiples of the backbone's stride)."""
-        d = self.config.size_divisibility
-        return (size[0] + (-size[0]) % d, size[1] + (-size[1]) % d)
+        return padded_size(size, self.config.size_divisibility)
 
     def preprocess(self, frames: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """frames: (..., 3, H, W) RGB on a 0-255 scale -> normalised (..., 3, Hp, Wp) padded with
-        zeros at the bottom/right to a multiple of 32, and the unpadded (H, W).
-
-        Padding happens after normalising, so the padded area is the mean colour's zero.
-        """
-        H, W = frames.shape[-2:]
-        x = (frames.to(self.pixel_mean.dtype) - self.pixel_mean) / self.pixel_std
-        Hp, Wp = self.padded_size((H, W))
-        pad_h, pad_w = Hp - H, Wp - W
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return x, (H, W)
+        zeros at the bottom/right to a multiple of 32, and the unpadded (H, W) (:func:`preprocess`)."""
+        return preprocess(frames, self.pixel_mean, self.pixel_std, self.config.size_divisibility)
 
     def encode_text(self, texts: list[str], *, warn_truncated: bool = False) -> TextFeatures:
         """The frozen CLIP text tower on B sentences; sentences longer than its context are truncated (with a
