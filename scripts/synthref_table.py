@@ -12,6 +12,10 @@ with the per-kind numbers as JSON, to ``--output``.
 ``--model`` takes ``LABEL=NAME_OR_PATH`` (a bundled name such as ``ssa_tiny.synthref``, a checkpoint
 file, or a training checkpoint folder); predictions are kept under ``--output/<label>`` and reused when
 the script is run again (delete the folder to predict afresh).
+
+Below the table: a 95 % bootstrap interval (over expressions, percentile method, 2,000 resamples) of each
+model's J&F overall and on motion-only expressions, and of each later model's difference from the
+first on the same expressions (a paired bootstrap): a margin whose interval holds 0 is noise.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import scipy.stats
 import torch
 
 from ssa_rvos.data import MeViS
@@ -49,6 +55,59 @@ def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(rows)
 
 
+INTERVAL_GROUPS = ("overall", "motion")
+
+
+def per_expression_jf(report, kinds: dict[tuple[str, str], str]) -> dict[str, dict[tuple[str, str], float]]:
+    """``{group: {(video, exp_id): J&F in percent}}`` for the groups of :data:`INTERVAL_GROUPS`."""
+    out: dict[str, dict[tuple[str, str], float]] = {g: {} for g in INTERVAL_GROUPS}
+    for e in report.expressions:
+        key = (e.video, e.exp_id)
+        for group in INTERVAL_GROUPS:
+            if group == "overall" or kinds.get(key) == group:
+                out[group][key] = 50 * (e.j + e.f)
+    return out
+
+
+def bootstrap_interval(values: np.ndarray, *, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of ``values`` (2,000 resamples, seeded)."""
+    if len(values) < 2 or np.all(values == values[0]):
+        return [float(values.mean()), float(values.mean())] if len(values) else [float("nan")] * 2
+    result = scipy.stats.bootstrap((values,), np.mean, n_resamples=2000, confidence_level=0.95,
+                                   method="percentile", random_state=np.random.default_rng(seed))
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
+def intervals(per_model: dict[str, dict[str, dict[tuple[str, str], float]]]) -> dict:
+    """Each model's intervals, and each later model's paired difference from the first."""
+    labels = list(per_model)
+    first = per_model[labels[0]]
+    out: dict = {"models": {}, "differences": {}}
+    for label, groups in per_model.items():
+        out["models"][label] = {g: bootstrap_interval(np.array(list(v.values()))) for g, v in groups.items()}
+    for label in labels[1:]:
+        out["differences"][label] = {}
+        for g in INTERVAL_GROUPS:
+            keys = sorted(set(first[g]) & set(per_model[label][g]))
+            diff = np.array([per_model[label][g][k] - first[g][k] for k in keys])
+            out["differences"][label][g] = {"mean": float(diff.mean()) if len(diff) else float("nan"),
+                                            "interval": bootstrap_interval(diff), "expressions": len(keys)}
+    return out
+
+
+def interval_lines(results: dict, ci: dict) -> str:
+    labels = list(results)
+    lines = ["95 % bootstrap intervals (over expressions) of J&F:", ""]
+    for label in labels:
+        cells = [f"{g} {results[label][g]['J&F']:.1f} [{lo:.1f}, {hi:.1f}]"
+                 for g, (lo, hi) in ci["models"][label].items() if g in results[label]]
+        lines.append(f"- {label}: " + ", ".join(cells))
+    for label, groups in ci["differences"].items():
+        cells = [f"{g} {d['mean']:+.1f} [{d['interval'][0]:+.1f}, {d['interval'][1]:+.1f}]" for g, d in groups.items()]
+        lines.append(f"- {label} minus {labels[0]} (paired): " + ", ".join(cells))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="SynthRef folder")
@@ -73,7 +132,7 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     dataset = MeViS(args.data, args.split)
     kinds = expression_kinds(args.data, args.split)
 
-    results, timings = {}, {}
+    results, timings, per_model = {}, {}, {}
     for label, spec in models:
         folder = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
         model = load_pretrained(spec, device="cpu")
@@ -86,15 +145,18 @@ def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(f"{label}: {len(report.missing)} missing, {len(report.incomplete)} incomplete predictions",
                   file=sys.stderr)
         results[label] = scores_by_group(report, kinds)
+        per_model[label] = per_expression_jf(report, kinds)
         print(f"{label}: J&F {results[label]['overall']['J&F']:.2f} "
               f"(motion {results[label].get('motion', {}).get('J&F', float('nan')):.2f})", file=sys.stderr)
 
-    table = markdown(results)
+    ci = intervals(per_model)
+    table = markdown(results) + "\n\n" + interval_lines(results, ci)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
     write_json_atomic(out / "table.json", {"data": args.data, "split": args.split, "models": dict(models),
-                                          "results": results, "predict_seconds": timings})
+                                          "results": results, "intervals": ci,
+                                          "predict_seconds": timings})
     return 0
 
 

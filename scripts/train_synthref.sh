@@ -1,49 +1,115 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model ssa_tiny.synthref, its two ablations and the results table on a CPU.
-# Run from the repository root after `pip install -e .`; timings on a 2-core machine are in
-# docs/synthref.md. STEPS=train skips making the data and the CLIP; STEPS=table only makes the table.
+# Reproduce the bundled model ssa_tiny.synthref, its two ablations and the results table.
+#
+#   bash scripts/train_synthref.sh                 # on the CPU: the shipped model (timings: docs/synthref.md)
+#   bash scripts/train_synthref.sh --device cuda   # on one GPU: 192x192 frames, bf16, a longer single stage
+#
+# Run from the repository root after `pip install -e .`. Interrupted, the same command goes on where it
+# stopped: finished data and CLIP are kept, every training run resumes from its newest checkpoint.
+# STEPS=train skips making the data and the CLIP; STEPS=table only makes the table. The GPU run writes
+# under runs/gpu and datasets/*_192 and leaves the shipped file alone unless EXPORT names it.
+# For a quick check of the whole pipeline, VIDEOS, VALID_VIDEOS, HELDOUT_VIDEOS, CLIP_STEPS and
+# TRAIN_ARGS (extra `ssa-rvos train` overrides for every run) scale it down.
 set -euo pipefail
 
-DATA=${DATA:-datasets/synthref}                # training data (seed 0)
-HELDOUT=${HELDOUT:-datasets/synthref_heldout}  # the held-out benchmark (seed 1, never trained on)
-CLIP=runs/synthref_clip/ssa_tiny_clip.safetensors
+DEVICE=cpu
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --device) DEVICE=${2:-}; shift 2 || { echo "train_synthref.sh: --device needs a value (cpu or cuda)" >&2; exit 2; } ;;
+    --device=*) DEVICE=${1#--device=}; shift ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "train_synthref.sh: unknown argument '$1' (expected --device cpu|cuda)" >&2; exit 2 ;;
+  esac
+done
+
 STEPS=${STEPS:-all}
-CKPT=checkpoints/step_0001500                  # each stage's last step (optim.max_steps)
+VIDEOS=${VIDEOS:-3000}
+VALID_VIDEOS=${VALID_VIDEOS:-300}
+HELDOUT_VIDEOS=${HELDOUT_VIDEOS:-100}
+read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
+case $DEVICE in
+  cpu)
+    SIZE=96
+    DATA=${DATA:-datasets/synthref}                # training data (seed 0)
+    HELDOUT=${HELDOUT:-datasets/synthref_heldout}  # the held-out benchmark (seed 1, never trained on)
+    RUNS=${RUNS:-runs}
+    EXPORT=${EXPORT:-src/ssa_rvos/weights/ssa_tiny_synthref.safetensors}
+    CLIP_ARGS=(--steps "${CLIP_STEPS:-1500}" --batch-size 128 --lr 1e-3 --image-size 96 --threads 2)
+    STAGES=(synthref synthref_stage2)              # two cycles of the learning rate, 1,500 steps each
+    ;;
+  cuda)
+    SIZE=192
+    DATA=${DATA:-datasets/synthref_192}
+    HELDOUT=${HELDOUT:-datasets/synthref_heldout_192}
+    RUNS=${RUNS:-runs/gpu}
+    EXPORT=${EXPORT:-runs/gpu/ssa_tiny_synthref_192.safetensors}
+    CLIP_ARGS=(--steps "${CLIP_STEPS:-3000}" --batch-size 256 --lr 1e-3 --image-size 192 --device cuda)
+    STAGES=(synthref_gpu)                          # one longer stage: see the recipe
+    ;;
+  *) echo "train_synthref.sh: --device must be cpu or cuda, got '$DEVICE'" >&2; exit 2 ;;
+esac
+if [[ $DEVICE == cuda ]] && ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  echo "train_synthref.sh: --device cuda: torch sees no CUDA GPU here (use --device cpu)" >&2; exit 2
+fi
+CLIP=$RUNS/synthref_clip/ssa_tiny_clip.safetensors
+declare -A SWITCHES=([synthref]="" [synthref_no_adapters]="model.use_adapters=false"
+                     [synthref_no_alignment]="model.sequential_alignment=false")
+RUN_NAMES=(synthref synthref_no_adapters synthref_no_alignment)
+
+last_checkpoint() {  # the newest checkpoint folder of a run
+  echo "$1/checkpoints/$(cat "$1/checkpoints/latest")"
+}
+
+stage_dir() {  # run folder of a model's stage: runs/synthref, runs/synthref_stage2, ...
+  if [[ $2 == 0 ]]; then echo "$RUNS/$1"; else echo "$RUNS/$1_stage$(($2 + 1))"; fi
+}
+
+train_model() {  # every stage of one model, each from the last weights of the one before; resumes
+  local run=$1 s prev dir init
+  for s in "${!STAGES[@]}"; do
+    dir=$(stage_dir "$run" "$s")
+    init=()
+    if [[ $s -gt 0 ]]; then
+      prev=$(stage_dir "$run" $((s - 1)))
+      init=(model.init_from="$(last_checkpoint "$prev")/model.safetensors")
+    fi
+    # shellcheck disable=SC2086  # the switch is one word or none
+    ssa-rvos train "${STAGES[$s]}" data.datasets.0.root="$DATA" model.clip_weights="$CLIP" ${SWITCHES[$run]} \
+      "${init[@]}" output_dir="$dir" "${TRAIN_ARGS[@]}" --resume >> "$dir.log" 2>&1
+  done
+}
 
 if [[ $STEPS == all ]]; then
-  # 1. SynthRef: 3000 training videos (also the CLIP's captions), 300 for the CLIP's held-out retrieval;
+  # 1. SynthRef: the training videos (also the CLIP's captions), more for the CLIP's held-out retrieval;
   #    the held-out benchmark: the first 100 videos of a split made with another seed.
-  ssa-rvos synth --out "$DATA" --videos 3000 --valid-videos 300 --frames 12 --size 96 --seed 0 --splits train,valid_u
-  ssa-rvos synth --out "$HELDOUT" --videos 100 --valid-videos 100 --frames 12 --size 96 --seed 1 --splits valid_u
+  [[ -f $DATA/train/synthref.json && -f $DATA/valid_u/synthref.json ]] || ssa-rvos synth --out "$DATA" --videos "$VIDEOS" --valid-videos "$VALID_VIDEOS" \
+    --frames 12 --size $SIZE --seed 0 --splits train,valid_u --quiet
+  [[ -f $HELDOUT/valid_u/synthref.json ]] || ssa-rvos synth --out "$HELDOUT" --videos "$HELDOUT_VIDEOS" \
+    --valid-videos "$HELDOUT_VIDEOS" --frames 12 --size $SIZE --seed 1 --splits valid_u --quiet
   # 2. The tiny CLIP, contrastive on the frames and captions; frozen from here on.
-  ssa-rvos pretrain-clip --root "$DATA" --steps 1500 --batch-size 128 --lr 1e-3 --image-size 96 --threads 2 \
-    --eval-every 500 -o "$CLIP"
+  [[ -f $CLIP ]] || ssa-rvos pretrain-clip --root "$DATA" "${CLIP_ARGS[@]}" --eval-every 500 -o "$CLIP" --quiet
 fi
 if [[ $STEPS == all || $STEPS == train ]]; then
   # 3. The tiny SSA and its two ablations with the same recipes and budget (frozen CLIP features only; no
-  #    sequential alignment), side by side, one thread each. Two stages of 1,500 steps: the recipe
-  #    src/ssa_rvos/training/recipes/synthref.yaml, then synthref_stage2.yaml from its last weights.
-  mkdir -p runs
-  common=(data.datasets.0.root="$DATA" model.clip_weights="$CLIP")
-  pids=()
-  declare -A switches=([synthref]="" [synthref_no_adapters]="model.use_adapters=false"
-                       [synthref_no_alignment]="model.sequential_alignment=false")
-  for run in "${!switches[@]}"; do
-    # shellcheck disable=SC2086  # the switch is one word or none
-    (OMP_NUM_THREADS=1 ssa-rvos train synthref "${common[@]}" ${switches[$run]} output_dir="runs/$run" \
-       > "runs/$run.log" 2>&1 &&
-     OMP_NUM_THREADS=1 ssa-rvos train synthref_stage2 "${common[@]}" ${switches[$run]} \
-       model.init_from="runs/$run/$CKPT/model.safetensors" output_dir="runs/${run}_stage2" \
-       > "runs/${run}_stage2.log" 2>&1) &
-    pids+=($!)
-  done
-  for pid in "${pids[@]}"; do wait "$pid"; done  # fails if any run failed
+  #    sequential alignment). On the CPU side by side, one thread each; on a GPU one after the other.
+  mkdir -p "$RUNS"
+  if [[ $DEVICE == cpu ]]; then
+    pids=()
+    for run in "${RUN_NAMES[@]}"; do
+      (export OMP_NUM_THREADS=1; train_model "$run") &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done  # fails if any run failed
+  else
+    for run in "${RUN_NAMES[@]}"; do train_model "$run"; done
+  fi
   # 4. The shipped file: the full model in float16.
-  python scripts/export_model.py runs/synthref_stage2/$CKPT src/ssa_rvos/weights/ssa_tiny_synthref.safetensors \
-    --fp16 --note "ssa_tiny trained on SynthRef with recipes synthref + synthref_stage2 (scripts/train_synthref.sh)"
+  python scripts/export_model.py "$(last_checkpoint "$(stage_dir synthref $((${#STAGES[@]} - 1)))")" "$EXPORT" \
+    --fp16 --note "ssa_tiny trained on SynthRef with recipes ${STAGES[*]} (scripts/train_synthref.sh --device $DEVICE)"
 fi
-# 5. The table: J, F, J&F overall and per expression kind on the held-out videos.
-python scripts/synthref_table.py --data "$HELDOUT" --output runs/synthref_table \
-  --model "SSA=runs/synthref_stage2/$CKPT" \
-  --model "w/o adapters=runs/synthref_no_adapters_stage2/$CKPT" \
-  --model "w/o sequential alignment=runs/synthref_no_alignment_stage2/$CKPT"
+# 5. The table: J, F, J&F overall and per expression kind on the held-out videos, with bootstrap intervals.
+final=$((${#STAGES[@]} - 1))
+python scripts/synthref_table.py --data "$HELDOUT" --output "$RUNS/synthref_table" \
+  --model "SSA=$(last_checkpoint "$(stage_dir synthref $final)")" \
+  --model "w/o adapters=$(last_checkpoint "$(stage_dir synthref_no_adapters $final)")" \
+  --model "w/o sequential alignment=$(last_checkpoint "$(stage_dir synthref_no_alignment $final)")"

@@ -3,11 +3,13 @@ written) and scripts/synthref_table.py (the published SynthRef table)."""
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from ssa_rvos.checkpoint import load_model
 from ssa_rvos.data import MeViS
@@ -78,3 +80,76 @@ def test_synthref_table_scores_each_model_per_kind(segment_model, synthref_root,
     with pytest.raises(SystemExit):
         table.main(["--data", str(data), "--model", "no-label", "--output", str(out)])
     assert "expected LABEL=NAME_OR_PATH" in capsys.readouterr().err
+
+
+SMALL_PIPELINE = {  # scripts/train_synthref.sh scaled down to seconds: 4 training videos, 2 steps a stage
+    "VIDEOS": "4", "VALID_VIDEOS": "2", "HELDOUT_VIDEOS": "1", "CLIP_STEPS": "2",
+    "TRAIN_ARGS": "optim.max_steps=2 optim.lr_steps=[1] optim.warmup_steps=0 checkpoint_every=1 log_every=1 "
+                  "data.num_workers=0 batch_size=2 data.num_frames=2 loss.num_points=64",
+}
+
+
+def _run_pipeline(tmp_path, *args, **env):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **SMALL_PIPELINE, "DATA": str(tmp_path / "data"), "HELDOUT": str(tmp_path / "heldout"),
+           "RUNS": str(tmp_path / "runs"), "EXPORT": str(tmp_path / "exported.safetensors"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+    return subprocess.run(["bash", str(SCRIPTS / "train_synthref.sh"), *args], cwd=SCRIPTS.parent, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_train_synthref_script_runs_end_to_end_and_resumes(tmp_path):
+    """The shipped model's one command, scaled down: data, CLIP, the model and both ablations in two
+    stages, the fp16 export and the table; run again after losing a checkpoint, it trains only that step
+    again (to the same weights) and keeps everything else."""
+    done = _run_pipeline(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for run in ("synthref", "synthref_no_adapters", "synthref_no_alignment"):
+        for stage in (run, f"{run}_stage2"):
+            assert (runs / stage / "checkpoints" / "latest").read_text().strip() == "step_0000002", stage
+    stage2 = runs / "synthref_stage2" / "init_report.json"
+    assert "synthref/checkpoints/step_0000002" in json.loads(stage2.read_text())["source"]
+    table = json.loads((runs / "synthref_table" / "table.json").read_text())
+    assert list(table["results"]) == ["SSA", "w/o adapters", "w/o sequential alignment"]
+    assert set(table["intervals"]["differences"]) == {"w/o adapters", "w/o sequential alignment"}
+    assert load_model(tmp_path / "exported.safetensors").config == load_model(
+        runs / "synthref_stage2" / "checkpoints" / "step_0000002" / "model.safetensors").config
+
+    # An interruption: the last checkpoint of one stage is lost; everything else is reused.
+    last = runs / "synthref_no_alignment_stage2" / "checkpoints"
+    weights = load_file(last / "step_0000002" / "model.safetensors")
+    clip = (runs / "synthref_clip" / "ssa_tiny_clip.safetensors").stat().st_mtime_ns
+    first_stage = (runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns
+    shutil.rmtree(last / "step_0000002")
+    (last / "latest").write_text("step_0000001")
+    again = _run_pipeline(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = load_file(last / "step_0000002" / "model.safetensors")
+    assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
+    assert (runs / "synthref_clip" / "ssa_tiny_clip.safetensors").stat().st_mtime_ns == clip
+    assert (runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns == first_stage
+    assert "resumed from" in (runs / "synthref_no_alignment_stage2.log").read_text()
+
+
+def test_train_synthref_script_refuses_bad_arguments(tmp_path):
+    for args, message in ((["--device", "tpu"], "--device must be cpu or cuda, got 'tpu'"),
+                          (["--epochs", "3"], "unknown argument '--epochs'"),
+                          (["--device", "cuda"], "--device cuda: torch sees no CUDA GPU here")):
+        done = _run_pipeline(tmp_path, *args, CUDA_VISIBLE_DEVICES="")
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_gpu_recipe_is_the_cpu_recipe_scaled():
+    from ssa_rvos.training.config import load_config
+
+    cpu, gpu = load_config("synthref"), load_config("synthref_gpu")
+    assert (gpu.device, gpu.amp, gpu.model.test_short_side) == ("cuda", "bf16", 192)
+    assert gpu.loss.num_points == 4 * cpu.loss.num_points  # twice the side: masks at 48x48, not 24x24
+    assert gpu.batch_size * gpu.optim.max_steps > 10 * cpu.batch_size * cpu.optim.max_steps
+    assert (gpu.model.preset, gpu.data.num_frames, gpu.data.augment) == (cpu.model.preset, 8, False)
