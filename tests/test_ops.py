@@ -179,3 +179,37 @@ def test_the_adapters_sentence_path_without_attention_equals_the_attention():
     adapter(x, **text)
     hook.remove()
     assert calls == [7, 1]
+
+
+def test_the_bidirectional_block_with_one_text_token_equals_the_attention():
+    """The pixel decoder's vision <-> text block with SSA's one sentence token: at inference it projects a
+    few vectors instead of every visual token. Same result as the attention as written (float64, to
+    rounding), the fast path taken in eval only, and with several text tokens the attention as written."""
+    from ssa_rvos.modeling.pixel_decoder import BiDirectionalBlock
+
+    torch.manual_seed(0)
+    block = BiDirectionalBlock(dim=32, inner_dim=48, heads=4, dropout=0.1, init_value=1.0).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # non-zero biases, uneven norms and gammas
+    v, l = torch.randn(3, 57, 32, dtype=torch.float64), torch.randn(3, 1, 32, dtype=torch.float64)
+    calls = []
+    hook = block.v_proj.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+    block.eval()
+    with torch.no_grad():
+        fast = block(v, l)
+        assert calls == []  # no per-token projection
+        with reference_paths():
+            ref = block(v, l)
+        assert calls == [57]
+        for a, b in zip(fast, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert (fast[0] - block.norm_v(v)).abs().mean() > 0.1 and (fast[1] - block.norm_l(l)).abs().mean() > 0.1
+        calls.clear()
+        block(v, torch.randn(3, 2, 32, dtype=torch.float64))  # two text tokens: the attention as written
+        assert calls == [57]
+    calls.clear()
+    block.train()
+    block(v, l)  # training: attention dropout acts on the weights, so as written
+    hook.remove()
+    assert calls == [57]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .config import PixelDecoderConfig
 from .layers import sine_position_2d
-from .ops import MSDeformAttn
+from .ops import MSDeformAttn, use_reference
 
 
 class BiDirectionalBlock(nn.Module):
@@ -49,6 +49,8 @@ class BiDirectionalBlock(nn.Module):
         """v: (B, S, C) visual tokens; l: (B, Lt, C) text tokens. Returns both updated."""
         v = self.norm_v(v)
         l = self.norm_l(l)
+        if l.shape[1] == 1 and not self.training and not use_reference():
+            return self._one_text_token(v, l)
         split = lambda t: rearrange(t, "b n (h d) -> b h n d", h=self.heads)  # noqa: E731
         q = split(self.v_proj(v)) * self.scale
         k = split(self.l_proj(l))
@@ -66,6 +68,27 @@ class BiDirectionalBlock(nn.Module):
         delta_l = rearrange(attn_l @ split(self.values_v_proj(v)), "b h n d -> b n (h d)")
         # The residual goes onto the *normalised* inputs, as in GroundingDINO.
         return v + self.gamma_v * self.out_v_proj(delta_v), l + self.gamma_l * self.out_l_proj(delta_l)
+
+    def _one_text_token(self, v: Tensor, l: Tensor) -> tuple[Tensor, Tensor]:
+        """The block at inference when the text is one token (SSA's sentence token per frame), on normalised
+        inputs, without a per-token projection. Vision side: every token attends to the one key with weight
+        1, so all get the same update, ``out_v_proj(values_l_proj(l))``. Text side: the token's logits
+        over the visual tokens are ``v . (W_q^T k)`` per head (plus ``b_q . k``, the same for every token, which
+        the softmax ignores), and attention-weighted values are
+        ``(attn @ v) W_v^T + b_v`` (the weights sum to 1): the query and value projections act on a few
+        vectors instead of every visual token (on the large model at 320x448 the block did three
+        256x512 products for each of ~2,900 tokens a frame). Softmax is shift-invariant, so the reference's
+        max shift and its clamp (which only touches weights that underflow to 0) change nothing."""
+        B, S, C = v.shape
+        h, d = self.heads, self.head_dim
+        k = self.l_proj(l).view(B, h, d)
+        w_q = torch.einsum("bhd,hdc->bhc", k, self.v_proj.weight.view(h, d, C)) * self.scale
+        attn = (w_q @ v.transpose(1, 2)).softmax(-1)  # (B, h, S); b_q . k is the same for every token
+        pooled = attn @ v  # (B, h, C)
+        delta_l = torch.einsum("bhc,hdc->bhd", pooled, self.values_v_proj.weight.view(h, d, C))
+        delta_l = (delta_l + self.values_v_proj.bias.view(h, d)).reshape(B, 1, h * d)
+        delta_v = self.out_v_proj(self.values_l_proj(l))  # (B, 1, C), the same for every visual token
+        return v + self.gamma_v * delta_v, l + self.gamma_l * self.out_l_proj(delta_l)
 
 
 class DeformableEncoderLayer(nn.Module):
