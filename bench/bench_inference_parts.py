@@ -69,28 +69,34 @@ class PartTimer:
     labelled parts called inside it. ``sync`` runs at every boundary (``torch.cuda.synchronize`` on CUDA)
     so that asynchronous GPU work lands in the part that launched it."""
 
-    def __init__(self, sync: Callable[[], None]) -> None:
+    def __init__(self, sync: Callable[[], None], flops: Callable[[], int] | None = None) -> None:
         import torch
 
         self._record = torch.profiler.record_function
         self.sync = sync
+        self._flops = flops or (lambda: 0)  # running total of a FlopCounterMode, attributed as the time is
         self.seconds: dict[str, float] = defaultdict(float)
-        self._stack: list[list] = []  # [label, start, seconds of labelled children, record_function range]
+        self.flops: dict[str, int] = defaultdict(int)
+        # [label, start, seconds of labelled children, record_function range, flops at start, children's flops]
+        self._stack: list[list] = []
 
     def enter(self, label: str) -> None:
         self.sync()
         scope = self._record(label)
         scope.__enter__()
-        self._stack.append([label, time.perf_counter(), 0.0, scope])
+        self._stack.append([label, time.perf_counter(), 0.0, scope, self._flops(), 0])
 
     def exit(self) -> None:
         self.sync()
-        label, start, children, scope = self._stack.pop()
+        label, start, children, scope, flops_start, children_flops = self._stack.pop()
         elapsed = time.perf_counter() - start
         scope.__exit__(None, None, None)
+        flops = self._flops() - flops_start
         self.seconds[label] += elapsed - children
+        self.flops[label] += flops - children_flops
         if self._stack:
             self._stack[-1][2] += elapsed
+            self._stack[-1][5] += flops
 
     @contextlib.contextmanager
     def part(self, label: str):
@@ -237,6 +243,21 @@ def measure(args: argparse.Namespace) -> None:
     remove()
     parts = {label: timer.seconds.get(label, 0.0) / args.repeats for label in PARTS}
 
+    # One more run counting the floating-point operations of matrix products and convolutions per part
+    # (torch's FlopCounterMode; element-wise work, grid_sample and softmax are not counted).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    flop_timer = PartTimer(sync, flops=counter.get_total_flops)
+    remove = instrument(model, flop_timer)
+    with counter, flop_timer.part("other"):
+        whole_model(flop_timer)
+    remove()
+    flops = {label: flop_timer.flops.get(label, 0) for label in PARTS}
+    with FlopCounterMode(display=False) as counter:
+        backbone_only()
+    backbone_flops = counter.get_total_flops()
+
     backbone, whole = statistics.median(backbone_s), statistics.median(whole_s)
     padded = list(model.preprocess(frames[:1])[0].shape[-2:])
     out = {"model": args.model, "frames": T, "paths": args.path, "size": [H, W], "padded_size": padded,
@@ -244,6 +265,7 @@ def measure(args: argparse.Namespace) -> None:
            "backbone_seconds": backbone_s, "whole_seconds": whole_s, "instrumented_seconds": instrumented,
            "backbone_ms_per_frame": 1e3 * backbone / T, "whole_ms_per_frame": 1e3 * whole / T,
            "throughput_ratio": backbone / whole, "parts_seconds": parts,
+           "parts_flops": flops, "backbone_flops": backbone_flops,
            "peak_rss_mib": rss_mib(), "baseline_rss_mib": baseline_rss, "cuda_peak_mib": cuda_peak,
            "machine": machine()}
     print(json.dumps(out))
@@ -295,6 +317,18 @@ def print_tables(results: list[dict]) -> None:
         print(f"{label:<21}{cells}")
     totals = "".join(f" | {1e3 * statistics.median(r['instrumented_seconds']) / r['frames']:>16.2f}" for r in results)
     print(f"{'total (instrumented)':<21}{totals}")
+    print("\nmatrix-product and convolution work per part (GFLOP per frame, and the rate it ran at in GFLOP/s):")
+    print(f"{'part':<21}{header}")
+    print("-" * 21 + "-+-".join([""] + ["-" * 16] * len(results)))
+    rows = [("CLIP trunk alone", lambda r: (r["backbone_flops"], statistics.median(r["backbone_seconds"])))]
+    rows += [(label, lambda r, label=label: (r["parts_flops"][label], r["parts_seconds"][label])) for label in PARTS]
+    for label, get in rows:
+        cells = ""
+        for r in results:
+            flops, seconds = get(r)
+            rate = f"{flops / seconds / 1e9:>5.0f}" if seconds > 0 and flops else "    -"
+            cells += f" | {flops / 1e9 / r['frames']:>9.2f} {rate}"
+        print(f"{label:<21}{cells}")
 
 
 def main(argv: list[str] | None = None) -> int:
