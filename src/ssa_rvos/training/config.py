@@ -178,6 +178,12 @@ class TrainConfig:
             raise ValueError(f"keep_last must be >= 0, got {self.keep_last}")
         if self.batch_size % self.accumulation:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by accumulation {self.accumulation}")
+        network = self.model.ssa_config()
+        expected = (network.frame_decoder.layers + 1, network.video_decoder.layers)
+        if (self.loss.frame_layers, self.loss.video_layers) != expected:
+            raise ValueError(f"loss.frame_layers={self.loss.frame_layers} and loss.video_layers={self.loss.video_layers} do "
+                             f"not fit model.preset {self.model.preset}: it makes {expected[0]} frame predictions (the "
+                             f"initial queries + one per frame-decoder layer) and {expected[1]} video layers")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
