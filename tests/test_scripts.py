@@ -153,3 +153,42 @@ def test_gpu_recipe_is_the_cpu_recipe_scaled():
     assert gpu.loss.num_points == 4 * cpu.loss.num_points  # twice the side: masks at 48x48, not 24x24
     assert gpu.batch_size * gpu.optim.max_steps > 10 * cpu.batch_size * cpu.optim.max_steps
     assert (gpu.model.preset, gpu.data.num_frames, gpu.data.augment) == (cpu.model.preset, 8, False)
+
+
+def test_gradnorms_script_splits_the_whole_gradient_into_parts(synthref_root, tmp_path, capsys):
+    """scripts/synthref_gradnorms.py on a two-checkpoint run: every parameter falls in exactly one part (the
+    parts' squared norms add up to the whole gradient's), every part gets a finite non-zero gradient."""
+    from ssa_rvos.training.config import load_config
+    from ssa_rvos.training.trainer import train
+
+    run = tmp_path / "run"
+    config = load_config("synthref", [f"data.datasets.0.root={synthref_root}", "model.clip_weights=null",
+                                      "batch_size=2", "data.num_frames=2", "data.frame_window=3",
+                                      "data.num_workers=0", "loss.num_points=64", "optim.max_steps=2",
+                                      "optim.lr_steps=[1]", "optim.warmup_steps=0", "checkpoint_every=1",
+                                      "keep_last=0", f"output_dir={run}"])
+    train(config)
+    gradnorms = load_script("synthref_gradnorms")
+    assert gradnorms.main([str(run), "--steps", "1", "--output", str(tmp_path / "g.json")]) == 0
+    out = json.loads((tmp_path / "g.json").read_text())
+    assert list(out["results"]) == ["step_0000001", "step_0000002"]
+    for parts in out["results"].values():
+        assert set(parts) == set(out["kinds"]) and all(0 < p["grad"] < float("inf") for p in parts.values())
+    assert "| adapters: sentence path | text |" in capsys.readouterr().out
+
+    # the parts partition the parameters: their squared norms add up to the whole gradient's
+    model = load_model(run / "checkpoints" / "step_0000002" / "model.safetensors")
+    model.train()
+    criterion = gradnorms.SSACriterion(config=config.loss)
+    batches = gradnorms.build_batches(config.data, batch_size=2, seed=0)
+    gradnorms.accumulate_gradients(model, criterion, next(batches), device=torch.device("cpu"))
+    batches.close()
+    named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    by_part = {}
+    for n, p in named:
+        by_part[gradnorms.part_of(n)] = by_part.get(gradnorms.part_of(n), 0.0) + float(p.grad.double().pow(2).sum())
+    whole = torch.nn.utils.get_total_norm([p.grad for _, p in named]).item()
+    assert sum(by_part.values()) ** 0.5 == pytest.approx(whole, rel=1e-5)
+    assert len(by_part) == len(gradnorms.PARTS)
+    with pytest.raises(ValueError, match="belongs to no part"):
+        gradnorms.part_of("backbone.clip.visual.trunk.stem.0.weight")
