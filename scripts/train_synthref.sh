@@ -2,7 +2,7 @@
 # Reproduce the bundled model ssa_tiny.synthref, its two ablations and the results table.
 #
 #   bash scripts/train_synthref.sh                 # on the CPU: the shipped model (timings: docs/synthref.md)
-#   bash scripts/train_synthref.sh --device cuda   # on one GPU: 192x192 frames, bf16, a longer single stage
+#   bash scripts/train_synthref.sh --device cuda   # on one GPU: 192x192 frames, bf16, the deeper ssa_tiny
 #
 # Run from the repository root after `pip install -e .`. Interrupted, the same command goes on where it
 # stopped: finished data and CLIP are kept, every training run resumes from its newest checkpoint.
@@ -35,7 +35,7 @@ case $DEVICE in
     RUNS=${RUNS:-runs}
     EXPORT=${EXPORT:-src/ssa_rvos/weights/ssa_tiny_synthref.safetensors}
     CLIP_ARGS=(--steps "${CLIP_STEPS:-1500}" --batch-size 128 --lr 1e-3 --image-size 96 --threads 2)
-    STAGES=(synthref synthref_stage2)              # two cycles of the learning rate, 1,500 steps each
+    RECIPE=synthref_shallow                        # the CPU preset ssa_tiny_shallow, 4,000 steps
     ;;
   cuda)
     SIZE=192
@@ -44,7 +44,7 @@ case $DEVICE in
     RUNS=${RUNS:-runs/gpu}
     EXPORT=${EXPORT:-runs/gpu/ssa_tiny_synthref_192.safetensors}
     CLIP_ARGS=(--steps "${CLIP_STEPS:-3000}" --batch-size 256 --lr 1e-3 --image-size 192 --device cuda)
-    STAGES=(synthref_gpu)                          # one longer stage: see the recipe
+    RECIPE=synthref_gpu                            # ssa_tiny (every layer count of the paper), 8,000 steps
     ;;
   *) echo "train_synthref.sh: --device must be cpu or cuda, got '$DEVICE'" >&2; exit 2 ;;
 esac
@@ -57,26 +57,13 @@ declare -A SWITCHES=([synthref]="" [synthref_no_adapters]="model.use_adapters=fa
 RUN_NAMES=(synthref synthref_no_adapters synthref_no_alignment)
 
 last_checkpoint() {  # the newest checkpoint folder of a run
-  echo "$1/checkpoints/$(cat "$1/checkpoints/latest")"
+  echo "$RUNS/$1/checkpoints/$(cat "$RUNS/$1/checkpoints/latest")"
 }
 
-stage_dir() {  # run folder of a model's stage: runs/synthref, runs/synthref_stage2, ...
-  if [[ $2 == 0 ]]; then echo "$RUNS/$1"; else echo "$RUNS/$1_stage$(($2 + 1))"; fi
-}
-
-train_model() {  # every stage of one model, each from the last weights of the one before; resumes
-  local run=$1 s prev dir init
-  for s in "${!STAGES[@]}"; do
-    dir=$(stage_dir "$run" "$s")
-    init=()
-    if [[ $s -gt 0 ]]; then
-      prev=$(stage_dir "$run" $((s - 1)))
-      init=(model.init_from="$(last_checkpoint "$prev")/model.safetensors")
-    fi
-    # shellcheck disable=SC2086  # the switch is one word or none
-    ssa-rvos train "${STAGES[$s]}" data.datasets.0.root="$DATA" model.clip_weights="$CLIP" ${SWITCHES[$run]} \
-      "${init[@]}" output_dir="$dir" "${TRAIN_ARGS[@]}" --resume >> "$dir.log" 2>&1
-  done
+train_model() {  # one model; --resume: from its newest checkpoint if it has one, else from the start
+  # shellcheck disable=SC2086  # the switch is one word or none
+  ssa-rvos train "$RECIPE" data.datasets.0.root="$DATA" model.clip_weights="$CLIP" ${SWITCHES[$1]} \
+    output_dir="$RUNS/$1" "${TRAIN_ARGS[@]}" --resume >> "$RUNS/$1.log" 2>&1
 }
 
 if [[ $STEPS == all ]]; then
@@ -104,12 +91,11 @@ if [[ $STEPS == all || $STEPS == train ]]; then
     for run in "${RUN_NAMES[@]}"; do train_model "$run"; done
   fi
   # 4. The shipped file: the full model in float16.
-  python scripts/export_model.py "$(last_checkpoint "$(stage_dir synthref $((${#STAGES[@]} - 1)))")" "$EXPORT" \
-    --fp16 --note "ssa_tiny trained on SynthRef with recipes ${STAGES[*]} (scripts/train_synthref.sh --device $DEVICE)"
+  python scripts/export_model.py "$(last_checkpoint synthref)" "$EXPORT" \
+    --fp16 --note "SSA trained on SynthRef with recipe $RECIPE (scripts/train_synthref.sh --device $DEVICE)"
 fi
 # 5. The table: J, F, J&F overall and per expression kind on the held-out videos, with bootstrap intervals.
-final=$((${#STAGES[@]} - 1))
 python scripts/synthref_table.py --data "$HELDOUT" --output "$RUNS/synthref_table" \
-  --model "SSA=$(last_checkpoint "$(stage_dir synthref $final)")" \
-  --model "w/o adapters=$(last_checkpoint "$(stage_dir synthref_no_adapters $final)")" \
-  --model "w/o sequential alignment=$(last_checkpoint "$(stage_dir synthref_no_alignment $final)")"
+  --model "SSA=$(last_checkpoint synthref)" \
+  --model "w/o adapters=$(last_checkpoint synthref_no_adapters)" \
+  --model "w/o sequential alignment=$(last_checkpoint synthref_no_alignment)"

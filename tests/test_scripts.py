@@ -16,6 +16,7 @@ from ssa_rvos.data import MeViS
 from ssa_rvos.data.synthref import expression_kinds
 from ssa_rvos.evaluation.evaluate import evaluate_predictions, scores_by_group
 from ssa_rvos.evaluation.predict import predict_split
+from ssa_rvos.training.config import load_config
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -103,25 +104,27 @@ def _run_pipeline(tmp_path, *args, **env):
 
 @pytest.mark.slow
 def test_train_synthref_script_runs_end_to_end_and_resumes(tmp_path):
-    """The shipped model's one command, scaled down: data, CLIP, the model and both ablations in two
-    stages, the fp16 export and the table; run again after losing a checkpoint, it trains only that step
-    again (to the same weights) and keeps everything else."""
+    """The shipped model's one command, scaled down: data, CLIP, the model and both ablations, the fp16
+    export and the table; run again after losing a checkpoint, it trains only that step again (to the same
+    weights) and keeps everything else."""
     done = _run_pipeline(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = tmp_path / "runs"
-    for run in ("synthref", "synthref_no_adapters", "synthref_no_alignment"):
-        for stage in (run, f"{run}_stage2"):
-            assert (runs / stage / "checkpoints" / "latest").read_text().strip() == "step_0000002", stage
-    stage2 = runs / "synthref_stage2" / "init_report.json"
-    assert "synthref/checkpoints/step_0000002" in json.loads(stage2.read_text())["source"]
+    for run, switch in (("synthref", None), ("synthref_no_adapters", ("use_adapters", False)),
+                        ("synthref_no_alignment", ("sequential_alignment", False))):
+        assert (runs / run / "checkpoints" / "latest").read_text().strip() == "step_0000002", run
+        config = load_config(runs / run / "config.yaml")
+        assert config.model.preset == "ssa_tiny_shallow" and config.optim.max_steps == 2, run
+        if switch:
+            assert getattr(config.model, switch[0]) is switch[1], run
     table = json.loads((runs / "synthref_table" / "table.json").read_text())
     assert list(table["results"]) == ["SSA", "w/o adapters", "w/o sequential alignment"]
     assert set(table["intervals"]["differences"]) == {"w/o adapters", "w/o sequential alignment"}
-    assert load_model(tmp_path / "exported.safetensors").config == load_model(
-        runs / "synthref_stage2" / "checkpoints" / "step_0000002" / "model.safetensors").config
+    exported = load_model(tmp_path / "exported.safetensors")
+    assert exported.config == load_model(runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").config
 
-    # An interruption: the last checkpoint of one stage is lost; everything else is reused.
-    last = runs / "synthref_no_alignment_stage2" / "checkpoints"
+    # An interruption: the last checkpoint of one run is lost; everything else is reused.
+    last = runs / "synthref_no_alignment" / "checkpoints"
     weights = load_file(last / "step_0000002" / "model.safetensors")
     clip = (runs / "synthref_clip" / "ssa_tiny_clip.safetensors").stat().st_mtime_ns
     first_stage = (runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns
@@ -133,7 +136,7 @@ def test_train_synthref_script_runs_end_to_end_and_resumes(tmp_path):
     assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
     assert (runs / "synthref_clip" / "ssa_tiny_clip.safetensors").stat().st_mtime_ns == clip
     assert (runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns == first_stage
-    assert "resumed from" in (runs / "synthref_no_alignment_stage2.log").read_text()
+    assert "resumed from" in (runs / "synthref_no_alignment.log").read_text()
 
 
 def test_train_synthref_script_refuses_bad_arguments(tmp_path):
@@ -146,19 +149,18 @@ def test_train_synthref_script_refuses_bad_arguments(tmp_path):
 
 
 def test_gpu_recipe_is_the_cpu_recipe_scaled():
-    from ssa_rvos.training.config import load_config
-
-    cpu, gpu = load_config("synthref"), load_config("synthref_gpu")
+    deep, cpu, gpu = load_config("synthref"), load_config("synthref_shallow"), load_config("synthref_gpu")
     assert (gpu.device, gpu.amp, gpu.model.test_short_side) == ("cuda", "bf16", 192)
     assert gpu.loss.num_points == 4 * cpu.loss.num_points  # twice the side: masks at 48x48, not 24x24
-    assert gpu.batch_size * gpu.optim.max_steps > 10 * cpu.batch_size * cpu.optim.max_steps
-    assert (gpu.model.preset, gpu.data.num_frames, gpu.data.augment) == (cpu.model.preset, 8, False)
+    assert gpu.batch_size * gpu.optim.max_steps >= 4 * cpu.batch_size * cpu.optim.max_steps
+    # the deeper preset (the paper's layer counts) with the CPU recipe's adapter learning rate
+    assert (gpu.model.preset, gpu.data.num_frames, gpu.data.augment) == (deep.model.preset, 8, False)
+    assert gpu.optim.backbone_lr_multiplier == cpu.optim.backbone_lr_multiplier == 1.0
 
 
 def test_gradnorms_script_splits_the_whole_gradient_into_parts(synthref_root, tmp_path, capsys):
     """scripts/synthref_gradnorms.py on a two-checkpoint run: every parameter falls in exactly one part (the
     parts' squared norms add up to the whole gradient's), every part gets a finite non-zero gradient."""
-    from ssa_rvos.training.config import load_config
     from ssa_rvos.training.trainer import train
 
     run = tmp_path / "run"
