@@ -79,7 +79,7 @@ class BiDirectionalBlock(nn.Module):
         vectors instead of every visual token (on the large model at 320x448 the block did three
         256x512 products for each of ~2,900 tokens a frame). Softmax is shift-invariant, so the reference's
         max shift and its clamp (which only touches weights that underflow to 0) change nothing."""
-        B, S, C = v.shape
+        B, _, C = v.shape
         h, d = self.heads, self.head_dim
         k = self.l_proj(l).view(B, h, d)
         w_q = torch.einsum("bhd,hdc->bhc", k, self.v_proj.weight.view(h, d, C)) * self.scale
