@@ -194,3 +194,55 @@ def test_gradnorms_script_splits_the_whole_gradient_into_parts(synthref_root, tm
     assert len(by_part) == len(gradnorms.PARTS)
     with pytest.raises(ValueError, match="belongs to no part"):
         gradnorms.part_of("backbone.clip.visual.trunk.stem.0.weight")
+
+
+def test_twins_script_bounds_follow_their_definitions(synthref_root, segment_model, tmp_path, capsys):
+    """scripts/synthref_twins.py: the position-blind mask is the union of the objects drawn like a target
+    (checked by hand on every expression with a twin), appearance-only sentences lose nothing to it, the
+    frame-independent rule never scores below it; the model's coverages are shares of pixels; a split
+    whose files do not match the drawn videos is refused."""
+    import numpy as np
+
+    from ssa_rvos.data.synthref import render_video, video_rng
+    from ssa_rvos.evaluation.metrics import j_and_f
+
+    twins = load_script("synthref_twins")
+    out = tmp_path / "twins.json"
+    assert twins.main(["--data", str(synthref_root), "--videos", "2", "--demo", "--model", str(segment_model[1]),
+                       "--threads", "1", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    bound = result["position_blind_bound"]
+    assert bound["overall"]["expressions"] == sum(len(MeViS(synthref_root, "valid_u").video_expressions(v))
+                                                  for v in MeViS(synthref_root, "valid_u").videos()[:2])
+    for kind, row in bound.items():
+        assert row["fixed_rule_J&F"] >= row["J&F"] - 1e-9, kind
+        if row["with_twins"] == 0:
+            assert row["J&F"] == pytest.approx(100.0), kind
+    if "appearance" in bound:
+        assert bound["appearance"]["J&F"] == pytest.approx(100.0)
+    # by hand: every expression with a twin, J&F of the union of the same-looking objects
+    scores, checked = [], 0
+    for i in range(2):
+        video = render_video(video_rng(3, "valid_u", i), frames=6, size=64)
+        for e in video.expressions:
+            looks = {video.objects[k].appearance for k in e["obj_id"]}
+            same = [o for o in video.objects if o.appearance in looks]
+            gt = np.any([video.objects[k].masks for k in e["obj_id"]], axis=0)
+            j, f = j_and_f(gt, np.any([o.masks for o in same], axis=0))
+            scores.append((j.mean(), f.mean()))
+            checked += len(same) > len(e["obj_id"])
+    assert checked == bound["overall"]["with_twins"]
+    assert bound["overall"]["J&F"] == pytest.approx(50 * (np.mean([s[0] for s in scores]) + np.mean([s[1] for s in scores])))
+    demo = {r["exp"]: r for r in result["demo"]}
+    assert demo["the small white shape you can see"]["iou"] == pytest.approx(1.0)
+    assert demo["the star moving to the right"]["iou"] == pytest.approx(0.5, abs=0.05)  # two identical stars
+    for group in result["model"]["coverage"].values():
+        assert 0 <= group["target"] <= 1 and 0 <= group["twins"] <= 1
+    assert "Position-blind bound" in capsys.readouterr().out
+
+    broken = tmp_path / "broken"
+    shutil.copytree(synthref_root / "valid_u", broken / "valid_u")
+    info = json.loads((broken / "valid_u" / "synthref.json").read_text())
+    (broken / "valid_u" / "synthref.json").write_text(json.dumps({**info, "seed": 4}))
+    assert twins.main(["--data", str(broken), "--videos", "2"]) == 2
+    assert "do not match the video drawn again" in capsys.readouterr().err
