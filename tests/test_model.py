@@ -232,3 +232,68 @@ def test_fast_operators_match_their_reference_versions_in_the_whole_model():
     for name, g in grads["fast"].items():
         g_ref = grads["reference"][name]
         assert (g - g_ref).norm() <= 5e-3 * g_ref.norm() + 1e-6, name
+
+
+# ------------------------------------------------------------------ query_box_position (not in the paper)
+
+def _box_model(seed=0):
+    config = model_config("ssa_tiny")
+    config = dataclasses.replace(config, frame_decoder=dataclasses.replace(config.frame_decoder,
+                                                                         query_box_position=True))
+    torch.manual_seed(seed)
+    model = build_model(config)
+    with torch.no_grad():  # as the fixture does: no zero init may hide a path
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def test_mask_box_is_the_centre_and_spread_of_the_mask():
+    from ssa_rvos.modeling.frame_decoder import mask_box
+
+    logits = torch.full((2, 8, 10), -40.0)
+    logits[0, 2:4, 4:8] = 40.0  # rows 2-3, columns 4-7
+    box = mask_box(logits)
+    # centres: x = mean of (4.5 .. 7.5) / 10, y = mean of (2.5, 3.5) / 8; spreads: their standard deviations
+    expected = torch.tensor([6.0 / 10, 3.0 / 8, 1.25 ** 0.5 / 10, 0.5 / 8])
+    assert torch.allclose(box[0], expected, atol=1e-6)
+    assert torch.allclose(box[1], torch.tensor([0.5, 0.5, 0.0, 0.0]))  # an empty mask: the centre, no spread
+    shifted = torch.roll(logits[0], shifts=(3, -2), dims=(0, 1))
+    assert torch.allclose(mask_box(shifted)[:2], expected[:2] + torch.tensor([-2 / 10, 3 / 8]), atol=1e-6)
+
+
+def test_query_box_position_adds_the_embedding_of_the_last_layers_masks():
+    """The queries the video stage gets are the normed queries plus the box embedding of the masks the
+    same layer predicted; nothing else of the model changes; off, it is the paper's SSA."""
+    model = _box_model().eval()
+    frames = _frames(1, 3)
+    with torch.no_grad():
+        on = model(frames, TEXTS[:1])
+        embed, model.frame_decoder.box_embed = model.frame_decoder.box_embed, None
+        off = model(frames, TEXTS[:1])
+        added = embed(on.frame_masks[-1, 0])  # (T, N, C)
+    assert torch.equal(on.frame_masks, off.frame_masks) and torch.equal(on.frame_logits, off.frame_logits)
+    assert torch.allclose(on.frame_queries[0, 0] - off.frame_queries[0, 0], added, atol=1e-5)
+    assert added.abs().max() > 1e-2
+    assert not torch.allclose(on.video_logits, off.video_logits)
+
+
+def test_query_box_position_trains_its_projection_and_does_not_backpropagate_into_the_masks():
+    model = _box_model().train()
+    out = model(_frames(1, 2), TEXTS[:1])
+    out.video_logits.float().square().mean().backward()
+    grad = model.frame_decoder.box_embed.proj.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    masks = torch.randn(1, 3, 6, 6, requires_grad=True)
+    model.frame_decoder.box_embed(masks).sum().backward()
+    assert masks.grad is None
+
+
+def test_configs_saved_before_query_box_position_load_with_it_off():
+    from ssa_rvos.modeling.config import SSAConfig
+
+    data = model_config("ssa_tiny_shallow").to_dict()
+    del data["frame_decoder"]["query_box_position"]
+    assert SSAConfig.from_dict(data).frame_decoder.query_box_position is False
+    assert build_model(SSAConfig.from_dict(data)).frame_decoder.box_embed is None
