@@ -170,36 +170,6 @@ def test_without_sequential_alignment_the_video_graph_matches(tmp_path):
         assert float(np.abs(o - r.numpy()).max()) <= ATOL
 
 
-def test_the_frame_decoder_graph_with_query_box_position_matches(tmp_path):
-    """The option that is not in the paper (the masks' boxes embedded into the frame queries) exports
-    too: the frame decoder graph against PyTorch, at the export's size and at another."""
-    from ssa_rvos import build_model, model_config
-
-    config = model_config("ssa_tiny")
-    config = dataclasses.replace(config, frame_decoder=dataclasses.replace(config.frame_decoder,
-                                                                         query_box_position=True))
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    export_graph(model, "frame_decoder", tmp_path / "frame_decoder.onnx", example_inputs(model)["frame_decoder"],
-                 optimize=False)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(tmp_path / "frame_decoder.onnx"), session_options(1),
-                                   providers=["CPUExecutionProvider"])
-    for size in ((64, 96), (96, 64)):
-        inputs = example_inputs(model, frames=3, sentences=1, size=size)["frame_decoder"]
-        ours = session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)})
-        with torch.no_grad():
-            ref = _outputs(_WRAPPERS["frame_decoder"](model)(*inputs))
-            plain = model.frame_decoder.box_embed
-            model.frame_decoder.box_embed = None
-            without = _outputs(_WRAPPERS["frame_decoder"](model)(*inputs))
-            model.frame_decoder.box_embed = plain
-        assert float((ref[0] - without[0]).abs().max()) > 1e-2  # the graph has something to get right
-        for o, r in zip(ours, ref):
-            assert float(np.abs(o - r.numpy()).max()) <= ATOL
-
-
 # ------------------------------------------------------------------------------------------------- errors
 
 

@@ -103,11 +103,6 @@ def test_training_config_ablation_switches_reach_the_network():
     assert default.use_adapters and default.video_decoder.sequential_alignment
     with pytest.raises(ValueError, match="test_short_side"):
         load_config("synthref", ["model.test_short_side=0"])
-    assert not default.frame_decoder.query_box_position
-    box = load_config("synthref_box", ["model.clip_weights=null"]).model
-    assert box.query_box_position and box.ssa_config().frame_decoder.query_box_position
-    assert box.ssa_config().frame_decoder.layers == 3  # synthref_shallow's preset underneath
-    assert not load_config("synthref_box", ["model.query_box_position=false"]).model.ssa_config().frame_decoder.query_box_position
 
 
 def _score(video, exp_id, j, f):

@@ -72,11 +72,6 @@ class FrameDecoderConfig:
     # Frame queries of the last k layers go to the video stage while training (each as an extra
     # batch entry); inference uses the last layer only.
     train_query_layers: int = 3
-    # Not in the paper (issue 18): add to every query handed to the video stage an embedding of where
-    # its own mask lies (centre and spread). SSA's frame queries carry no explicit position (attention
-    # values have none), so pixel-identical objects that differ only in motion give the video stage
-    # nothing to read the motion from. Off in every paper preset.
-    query_box_position: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .config import FrameDecoderConfig
-from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, _sine, sine_position_2d
+from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, sine_position_2d
 
 
 class FrameDecoderLayer(nn.Module):
@@ -35,46 +35,10 @@ class FrameDecoderLayer(nn.Module):
         return self.ffn(x)
 
 
-def mask_box(masks: Tensor) -> Tensor:
-    """(..., 4) centre x, centre y, spread x, spread y of soft masks (..., h, w) given as logits: the
-    sigmoid-weighted mean and standard deviation of the cell centres, as fractions of the map's width and
-    height. A mask of total weight under 1e-6 (cells) gets the map's centre and zero spread."""
-    p = masks.sigmoid()
-    h, w = p.shape[-2:]
-    ys = (torch.arange(h, device=p.device, dtype=p.dtype) + 0.5) / h
-    xs = (torch.arange(w, device=p.device, dtype=p.dtype) + 0.5) / w
-    px, py = p.sum(-2), p.sum(-1)  # marginals over x (..., w) and over y (..., h)
-    mass = px.sum(-1)
-    some = mass > 1e-6
-    safe = mass.clamp_min(1e-6)
-    cx = torch.where(some, (px * xs).sum(-1) / safe, torch.full_like(mass, 0.5))
-    cy = torch.where(some, (py * ys).sum(-1) / safe, torch.full_like(mass, 0.5))
-    sx = torch.where(some, ((px * (xs - cx[..., None]) ** 2).sum(-1) / safe).clamp_min(0).sqrt(), 0.0)
-    sy = torch.where(some, ((py * (ys - cy[..., None]) ** 2).sum(-1) / safe).clamp_min(0).sqrt(), 0.0)
-    return torch.stack((cx, cy, sx, sy), dim=-1)
-
-
-class QueryBoxEmbedding(nn.Module):
-    """``query_box_position`` (not in the paper): Linear(sine embedding of :func:`mask_box`), one quarter
-    of the channels per box value. Values are scaled to [0, 16 pi] and the temperature is 64, so the
-    periods run from 1/8 of the frame to several frames at any width. The masks are detached."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        if dim % 8:
-            raise ValueError(f"query_box_position needs a width divisible by 8, got {dim}")
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, masks: Tensor) -> Tensor:
-        box = mask_box(masks.detach().float()) * (16 * torch.pi)
-        return self.proj(_sine(box, self.proj.in_features // 4, 64.0).flatten(-2).to(self.proj.weight.dtype))
-
-
 @dataclass
 class FrameDecoderOutput:
     """logits: (Lf + 1, B, N, 2) and masks: (Lf + 1, B, N, H/4, W/4) for the initial queries and
-    after every layer; queries: (Lf, B, N, C) the normed queries after every layer (with
-    ``query_box_position``, plus the embedding of where that layer's mask of each query lies)."""
+    after every layer; queries: (Lf, B, N, C) the normed queries after every layer."""
 
     logits: Tensor
     masks: Tensor
@@ -94,7 +58,6 @@ class FrameDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.class_head = nn.Linear(dim, 2)  # foreground, no-object
         self.mask_head = MLP(in_dim=dim, hidden=dim, out_dim=mask_dim, num_layers=3)
-        self.box_embed = QueryBoxEmbedding(dim) if config.query_box_position else None
 
     def _heads(self, x: Tensor, mask_features: Tensor, target_size: tuple[int, int]) -> tuple[Tensor, ...]:
         normed = self.norm(x)
@@ -131,5 +94,5 @@ class FrameDecoder(nn.Module):
             lg, mk, normed, blocked = self._heads(x, mask_features, sizes[(i + 1) % self.levels])
             logits.append(lg)
             masks.append(mk)
-            queries.append(normed if self.box_embed is None else normed + self.box_embed(mk))
+            queries.append(normed)
         return FrameDecoderOutput(logits=torch.stack(logits), masks=torch.stack(masks), queries=torch.stack(queries))

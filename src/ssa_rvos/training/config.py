@@ -66,18 +66,12 @@ class ModelConfig:
     # Test resize saved with the model (None: the benchmark's, 448 for MeViS and 480 otherwise); a model
     # trained on small frames, like the SynthRef one, predicts at the size it was trained at.
     test_short_side: int | None = None
-    # Not in the paper (issue 18): frame queries reach the video stage with an embedding of where their
-    # masks lie (FrameDecoderConfig.query_box_position); null keeps the preset's setting.
-    query_box_position: bool | None = None
 
     def ssa_config(self):
         """The network this section describes: the preset with the switches above applied."""
         from ..build import model_config
 
         base = model_config(self.preset)
-        if self.query_box_position is not None:
-            base = dataclasses.replace(base, frame_decoder=dataclasses.replace(
-                base.frame_decoder, query_box_position=self.query_box_position))
         return dataclasses.replace(
             base, use_adapters=self.use_adapters, test_short_side=self.test_short_side,
             video_decoder=dataclasses.replace(base.video_decoder, sequential_alignment=self.sequential_alignment))
