@@ -3,7 +3,7 @@
 For each model (random weights: time does not depend on them) the parent exports the network once
 (``ssa_rvos.onnx_export.export_onnx``, into ``--work``) plus the CLIP image trunk alone as one more graph,
 then, for every size and backend, a fresh process measures after ``--warmup`` untimed runs the median of
-``--repeats`` runs of
+``--repeats`` runs (the two alternated) of
 
 * **trunk**: the frozen CLIP ConvNeXt trunk alone (stem and four stages, no adapters) on the T normalised
   frames, ``--frame-chunk`` at a time: the floor of this design (in PyTorch, or the trunk graph in
@@ -129,18 +129,19 @@ def measure(args: argparse.Namespace) -> None:
     def whole() -> None:
         predictor.segment(state, [TEXT])
 
-    def timed(fn) -> list[float]:
-        for _ in range(args.warmup):
-            fn()
-        out = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-        return out
+    def once(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
-    trunk_s = timed(trunk_only)
-    whole_s = timed(whole)
+    for _ in range(args.warmup):
+        trunk_only()
+        whole()
+    # Alternated, so that the machine's drift during the run reaches both sides of the ratio alike.
+    trunk_s, whole_s = [], []
+    for _ in range(args.repeats):
+        trunk_s.append(once(trunk_only))
+        whole_s.append(once(whole))
     # the stages: a timer around each call the engine makes on the model
     seconds: dict[str, float] = defaultdict(float)
     originals = {name: getattr(model, name) for name in STAGES}
