@@ -221,6 +221,15 @@ def bound_report(dataset, videos: list, split_videos: list[str]) -> dict:
                 "F": 100 * np.mean(r["F"]), "fixed_rule_J&F": 100 * np.mean(r["rule"])} for g, r in rows.items()}
 
 
+def print_table(columns: list[str], rows: dict[str, dict], cells) -> None:
+    """A markdown table, one row per expression kind present in ``rows`` (overall first)."""
+    print("| kind | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (len(columns) + 1))
+    for group in ("overall", *KINDS):
+        if group in rows:
+            print(f"| {group} | " + " | ".join(str(c) for c in cells(rows[group])) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="SynthRef folder")
@@ -254,12 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"data": {"split": args.split, "seed": int(info["seed"]), "videos": n},
                     "position_blind_bound": bound}
     print(f"Position-blind bound (J&F, percent; first {n} videos of {args.split}, seed {info['seed']})")
-    print("| kind | expressions | with twins | J&F | J | F | one fixed rule: J&F |")
-    print("|---|---|---|---|---|---|---|")
-    for group in ("overall", *KINDS):
-        if group in result["position_blind_bound"]:
-            r = result["position_blind_bound"][group]
-            print(f"| {group} | {r['expressions']} | {r['with_twins']} | {r['J&F']:.1f} | {r['J']:.1f} | {r['F']:.1f} | {r['fixed_rule_J&F']:.1f} |")
+    print_table(["expressions", "with twins", "J&F", "J", "F", "one fixed rule: J&F"], bound,
+                lambda r: [r["expressions"], r["with_twins"], *(f"{r[k]:.1f}" for k in ("J&F", "J", "F", "fixed_rule_J&F"))])
     if args.demo:
         result["demo"] = demo_report()
         print("\nDemo (seed 12): position-blind / one fixed rule IoU per sentence")
@@ -273,12 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             result["model"] = {"model": args.model, **model_report(model, dataset, videos, names)}
         m = result["model"]
         print(f"\n{args.model}: share of pixels its mask covers, expressions with a twin distractor")
-        print("| kind | expressions | target | twins |")
-        print("|---|---|---|---|")
-        for group in ("overall", *KINDS):
-            if group in m["coverage"]:
-                c = m["coverage"][group]
-                print(f"| {group} | {c['expressions']} | {100 * c['target']:.1f} | {100 * c['twins']:.1f} |")
+        print_table(["expressions", "target", "twins"], m["coverage"],
+                    lambda c: [c["expressions"], f"{100 * c['target']:.1f}", f"{100 * c['twins']:.1f}"])
         st = m["trajectory_steps_on_twins"]
         print(f"trajectory slots on an object with a twin, {st['steps']} steps to the next frame's object: "
               f"same object {100 * st['same']:.1f} %, its twin {100 * st['twin']:.1f} %, another {100 * st['other']:.1f} %")
