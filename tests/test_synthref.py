@@ -427,6 +427,58 @@ def test_captions_name_only_what_one_frame_shows(split_root, train):
                     assert named[o.appearance] >= 1, (name, frame, lines, o)
 
 
+
+def test_referring_captions_add_true_phrases_and_change_nothing_else(tmp_path):
+    """--referring-captions: the same frames, masks and expressions; every frame's captions the plain ones
+    followed by, for each object showing >= 30 % of its area, its four phrases, each true of it as read
+    from its decoded mask (colour and shape words of the object, side from the mask's mean pixel)."""
+    kwargs = {"split": "train", "videos": 12, "frames": 6, "size": (48, 64), "seed": SEED}
+    generate_split(tmp_path / "plain", **kwargs)
+    info = generate_split(tmp_path / "ref", referring_captions=True, **kwargs)
+    plain, ref = _tree(tmp_path / "plain"), _tree(tmp_path / "ref")
+    assert plain.keys() == ref.keys()
+    assert [k for k in plain if plain[k] != ref[k]] == ["train/captions.json", "train/synthref.json"]
+    assert info["referring_captions"] is True
+    assert json.loads(plain["train/synthref.json"])["referring_captions"] is False
+    base, extra = json.loads(plain["train/captions.json"]), json.loads(ref["train/captions.json"])
+    meta = json.loads(ref["train/meta_expressions.json"])["videos"]
+    mask_dict = json.loads(ref["train/mask_dict.json"])
+    phrase = re.compile(rf"the (?:({'|'.join(COLOURS)})|({'|'.join(SIZES)})) ({'|'.join(SHAPES)})"
+                        r"(?: (on the left|on the right|at the top|at the bottom))?")
+    added_total = first_anno = 0
+    for i in range(kwargs["videos"]):
+        name = video_name("train", i)
+        video = render_video(video_rng(SEED, "train", i), frames=6, size=(48, 64))
+        ids = {o.obj_id: first_anno + k for k, o in enumerate(video.objects)}  # anno_ids run in video order
+        first_anno += len(video.objects)
+        for t, frame in enumerate(meta[name]["frames"]):
+            lines = extra[name][frame]
+            assert lines[:len(base[name][frame])] == base[name][frame]
+            added = lines[len(base[name][frame]):]
+            assert len(added) == len(set(added)) and not set(added) & set(base[name][frame])
+            added_total += len(added)
+            shown = []
+            for o in video.objects:
+                rle = mask_dict[str(ids[o.obj_id])][t]
+                mask = rle_decode(rle) if rle is not None else np.zeros((48, 64), bool)
+                assert np.array_equal(mask, o.masks[t])
+                if mask.sum() >= 0.3 * o.area:
+                    ys, xs = np.nonzero(mask)
+                    shown.append((o, "on the left" if xs.mean() < 32 else "on the right",
+                                  "at the top" if ys.mean() < 24 else "at the bottom"))
+            for line in added:
+                m = phrase.fullmatch(line)
+                assert m, line
+                colour, size, shape, where = m.groups()
+                assert any(o.shape == shape and (colour in (None, o.colour)) and (size in (None, o.size))
+                           and (where in (None, lr, tb)) and not (colour is None and where is not None)
+                           for o, lr, tb in shown), (name, frame, line)
+            for o, lr, tb in shown:
+                assert {f"the {o.colour} {o.shape}", f"the {o.size} {o.shape}", f"the {o.colour} {o.shape} {lr}",
+                        f"the {o.colour} {o.shape} {tb}"} <= set(added), (name, frame, o)
+    assert added_total > 12 * 6 * 2
+
+
 # ---------------------------------------------------------------------------------------- motion logic
 
 def test_classify_trajectory_and_motion_truth():
@@ -522,6 +574,13 @@ def test_synth_command_writes_readable_splits(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train: 4 videos" in printed and "valid_u: 1 videos" in printed
     assert len(MeViS(out, "train").videos()) == 4 and len(MeViS(out, "valid_u").videos()) == 1
+    assert not json.loads((out / "train" / "synthref.json").read_text())["referring_captions"]
+    assert main(["synth", "--out", str(out), "--videos", "4", "--frames", "6", "--size", "48", "--seed", "3",
+                 "--referring-captions", "--splits", "train", "--quiet"]) == 0
+    assert json.loads((out / "train" / "synthref.json").read_text())["referring_captions"]
+    first = json.loads((out / "train" / "captions.json").read_text())["train_00000"]["00000"]
+    assert any(line.startswith("the ") for line in first)
+    capsys.readouterr()
     (tmp_path / "file").write_text("x")
     assert main(["synth", "--out", str(tmp_path / "file"), "--videos", "2"]) == 2
     assert main(["synth", "--out", str(out), "--frames", "0"]) == 2

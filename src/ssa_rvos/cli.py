@@ -464,7 +464,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         # generate checks every argument and split name before the first split is written
         info = generate(out, videos=args.videos, frames=args.frames, size=args.size, seed=args.seed,
                         splits=tuple(args.splits.split(",")), valid_videos=args.valid_videos,
-                        progress=not args.quiet)
+                        referring_captions=args.referring_captions, progress=not args.quiet)
     except ValueError as e:
         options = ("videos", "valid_videos", "frames", "size")
         if str(e).startswith("a split"):
@@ -733,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96, help="frame side in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--splits", default="train,valid_u", help="comma-separated split names (default: %(default)s)")
+    p.add_argument("--referring-captions", action="store_true",
+                   help="add referring-style phrases to the CLIP captions (\"the red star on the left\"); "
+                        "frames, masks and expressions stay the same")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 

@@ -21,7 +21,8 @@ the generated objects before it is kept: it must be true of exactly its target s
 
 A split is written to a hidden temporary folder and renamed into place when complete, so an
 interrupted run never leaves a split that looks finished. Output is a pure function of
-(seed, split, videos, frames, size) for given numpy / Pillow (libjpeg) versions.
+(seed, split, videos, frames, size, referring_captions) for given numpy / Pillow (libjpeg) versions;
+the referring captions change captions.json only.
 """
 
 from __future__ import annotations
@@ -688,16 +689,39 @@ def _captions(rng: np.random.Generator, objects: list[SynthObject], background: 
     return [scene, *singles]
 
 
+def _referring_captions(objects: list[SynthObject], t: int, h: int, w: int) -> list[str]:
+    """Referring-style phrases about frame ``t``, four per shown object (the same 30 % rule as
+    :func:`_captions`), in obj_id order, each once: "the {colour} {shape}", "the {size} {shape}",
+    "the {colour} {shape} on the left / on the right" and "... at the top / at the bottom", the side
+    from the mean column / row index of its visible pixels against w / 2 / h / 2. They may fit several
+    objects: they teach the CLIP the words a referring sentence uses, not which object is meant."""
+    out: list[str] = []
+    for o in objects:
+        if o.masks[t].sum() < 0.3 * o.area:
+            continue
+        ys, xs = np.nonzero(o.masks[t])
+        side = "left" if xs.mean() < w / 2 else "right"
+        level = "top" if ys.mean() < h / 2 else "bottom"
+        for phrase in (f"the {o.colour} {o.shape}", f"the {o.size} {o.shape}",
+                       f"the {o.colour} {o.shape} on the {side}", f"the {o.colour} {o.shape} at the {level}"):
+            if phrase not in out:
+                out.append(phrase)
+    return out
+
+
 # --------------------------------------------------------------------------------------------- a video
 
-def render_video(rng: np.random.Generator | int, *, frames: int, size: int | tuple[int, int]) -> SynthVideo:
+def render_video(rng: np.random.Generator | int, *, frames: int, size: int | tuple[int, int],
+                 referring_captions: bool = False) -> SynthVideo:
     """Draw one SynthRef video in memory.
 
     ``rng`` is a numpy Generator (consumed) or an int seed; ``size`` is S (S x S frames) or (H, W).
     Returns a :class:`SynthVideo` (unpacks as ``frames, objects, expressions``): frames (T, H, W, 3) uint8,
     objects with masks (T, H, W) bool each (``.masks`` stacks them to (N, T, H, W)), expressions
     ``{"exp", "obj_id", "kind"}``, and per-frame captions. Layouts whose objects are hidden too much, or
-    whose twins cannot be told apart by a motion-only sentence, are redrawn.
+    whose twins cannot be told apart by a motion-only sentence, are redrawn. ``referring_captions`` adds
+    :func:`_referring_captions` to each frame's captions (they draw no random numbers, so pixels,
+    expressions and the other captions are the same either way).
     """
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(int(rng))
@@ -736,6 +760,9 @@ def render_video(rng: np.random.Generator | int, *, frames: int, size: int | tup
             z=int(z[i]), area=areas[i], centers=tracks[i][0], masks=visible[i]))
     expressions = _select(text_rng, descs, specs)
     captions = [_captions(text_rng, objects, kind, k) for k in range(t)]
+    if referring_captions:
+        captions = [[*c, *(p for p in _referring_captions(objects, k, h, w) if p not in c)]
+                    for k, c in enumerate(captions)]
     return SynthVideo(frames=out, objects=objects, expressions=expressions, captions=captions, background=kind)
 
 
@@ -772,12 +799,13 @@ def _statistics(per_video: list[dict]) -> dict:
 
 
 def generate_split(out: str | os.PathLike, *, split: str, videos: int, frames: int, size: int | tuple[int, int],
-                   seed: int, progress: bool = False) -> dict:
+                   seed: int, referring_captions: bool = False, progress: bool = False) -> dict:
     """Write one split ``<out>/<split>`` (layout in the module docstring) and return its ``synthref.json``.
 
     Video i is ``render_video(video_rng(seed, split, i), ...)`` named :func:`video_name`; anno_ids run
     over the split's objects in video order. Written to a hidden folder beside it and renamed into place
     when complete; an existing SynthRef split of that name is replaced, anything else is an error.
+    ``referring_captions``: see :func:`render_video` (recorded in ``synthref.json``).
     """
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
@@ -799,7 +827,8 @@ def generate_split(out: str | os.PathLike, *, split: str, videos: int, frames: i
         anno = 0
         for i in tqdm(range(videos), desc=f"synthref {split}", unit="video", disable=not progress):
             name = video_name(split, i)
-            video = render_video(video_rng(seed, split, i), frames=t, size=(h, w))
+            video = render_video(video_rng(seed, split, i), frames=t, size=(h, w),
+                                 referring_captions=referring_captions)
             folder = tmp / "JPEGImages" / name
             folder.mkdir(parents=True)
             for frame, image in zip(names, video.frames):
@@ -823,7 +852,8 @@ def generate_split(out: str | os.PathLike, *, split: str, videos: int, frames: i
                               "motions": [o.motion for o in video.objects], "background": video.background,
                               "twins": any(c > 1 for c in apps.values()), "null_masks": nulls})
         info = {"format": "synthref", "version": VERSION, "split": split, "seed": int(seed), "videos": int(videos),
-                "frames": t, "size": [h, w], "statistics": _statistics(per_video)}
+                "frames": t, "size": [h, w], "referring_captions": bool(referring_captions),
+                "statistics": _statistics(per_video)}
         # JSON last, the parameters file very last: a folder with synthref.json is a finished split.
         for file, obj in (("mask_dict.json", mask_dict), ("captions.json", captions),
                           ("meta_expressions.json", {"videos": meta}), ("synthref.json", info)):
@@ -835,7 +865,7 @@ def generate_split(out: str | os.PathLike, *, split: str, videos: int, frames: i
 
 def generate(out: str | os.PathLike, *, videos: int, frames: int, size: int | tuple[int, int], seed: int,
              splits: tuple[str, ...] = ("train", "valid_u"), valid_videos: int | None = None,
-             progress: bool = False) -> dict[str, dict]:
+             referring_captions: bool = False, progress: bool = False) -> dict[str, dict]:
     """Write several splits of SynthRef under ``out``: ``train`` gets ``videos`` videos, every other split
     ``valid_videos`` (default: a quarter of ``videos``, at least 1). Returns ``{split: synthref.json}``."""
     if valid_videos is None:
@@ -852,7 +882,8 @@ def generate(out: str | os.PathLike, *, videos: int, frames: int, size: int | tu
         _check_split_name(split)
         _check_replaceable(Path(out) / split)
     return {split: generate_split(out, split=split, videos=videos if split == "train" else valid_videos,
-                                  frames=frames, size=size, seed=seed, progress=progress)
+                                  frames=frames, size=size, seed=seed,
+                                  referring_captions=referring_captions, progress=progress)
             for split in splits}
 
 
