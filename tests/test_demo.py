@@ -233,6 +233,7 @@ def test_page_in_headless_chromium(server, engine, tmp_path):
 
 
 def test_demo_command_serves_the_page_and_cleans_up(tmp_path):
+    import signal
     import subprocess
     import sys
     import threading
@@ -240,12 +241,26 @@ def test_demo_command_serves_the_page_and_cleans_up(tmp_path):
     import urllib.request
 
     port = _free_port()
-    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
+    # PYTHONFAULTHANDLER: if the server hangs, SIGABRT makes it print every thread's stack into the failure
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "ssa_rvos", "demo", "--port", str(port), "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
+
+    def stacks() -> str:
+        """The child's output, with every thread's stack when it is still running."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=10)
+        return "".join(lines)[-8000:] or "no output"
+
     try:
         deadline, page = time.monotonic() + 120, None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -254,20 +269,23 @@ def test_demo_command_serves_the_page_and_cleans_up(tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        assert page is not None and "ssa-rvos" in page, "".join(lines) or "no page"
+        assert page is not None and "ssa-rvos" in page, stacks()
         assert list(tmp_path.glob("ssa-rvos-demo-*")), "the sessions' folder"
         # Ctrl-C once the server is waiting for requests (Gradio prints its address when it is)
         while time.monotonic() < deadline and not any("Running on" in line for line in lines):
             time.sleep(0.2)
-    finally:
-        proc.send_signal(2)
+        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=120)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+            pytest.fail(f"the server did not stop on Ctrl-C:\n{stacks()}")
         reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     out = "".join(lines)
+    assert proc.returncode == 0, out[-3000:]
     assert f"serving on http://127.0.0.1:{port}" in out
     assert not list(tmp_path.glob("ssa-rvos-demo-*")), "the sessions' folder is removed when the server stops"
 
