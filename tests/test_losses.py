@@ -290,14 +290,6 @@ def test_cross_entropy_weighting_by_hand():
     assert losses["loss_video_ce"].item() == pytest.approx(expected, rel=1e-5)
     assert losses["loss_video_ce_3"].item() == pytest.approx(expected, rel=1e-5)
 
-    # loss.video_no_object_weight: the video level's no-object weight alone; the frame level keeps 0.1
-    weighted = SSACriterion(config=small_config(video_no_object_weight=1.0))(out, [two_object_target()])
-    video = (ce(q[0], 0) + ce(q[2], 0) + ce(q[1], 1) + ce(q[3], 1)) / 4
-    assert weighted["loss_video_ce"].item() == pytest.approx(video, rel=1e-5) and video != pytest.approx(expected)
-    assert weighted["loss_ce"].item() == pytest.approx(losses["loss_ce"].item(), rel=1e-6)
-    with pytest.raises(ValueError, match="video_no_object_weight"):
-        LossConfig(video_no_object_weight=-1.0)
-
 
 def test_clip_without_objects():
     out = two_object_output()

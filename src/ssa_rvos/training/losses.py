@@ -71,16 +71,13 @@ class LossConfig:
     weight 1.0 through a key mismatch; the official recipe sets 1.0. ``sim_frame_order``: "original"
     gathers the frame similarity embeddings in the order the frame matcher saw the queries;
     "reordered" reproduces the original, which gathered them after the trajectory matching had
-    re-ordered them in place (so its indices point at other queries). ``video_no_object_weight``: the
-    no-object class weight of the video-level cross-entropy alone (default: ``no_object_weight``, as the
-    original, for both levels).
+    re-ordered them in place (so its indices point at other queries).
     """
 
     class_weight: float = 2.0
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     no_object_weight: float = 0.1
-    video_no_object_weight: float | None = None
     sim_weight: float = 0.5
     sim_frame_order: str = "original"
     num_points: int = 12544
@@ -91,12 +88,9 @@ class LossConfig:
     deep_supervision: bool = True  # supervise every frame prediction and every video layer, not only the last
 
     def __post_init__(self) -> None:
-        for name in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "video_no_object_weight",
-                     "sim_weight"):
+        for name in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "sim_weight"):
             value = getattr(self, name)
-            if value is None and name == "video_no_object_weight":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
         if self.sim_frame_order not in SIM_FRAME_ORDERS:
             raise ValueError(f"loss.sim_frame_order must be one of {SIM_FRAME_ORDERS}, got {self.sim_frame_order!r}")
@@ -458,9 +452,7 @@ class SSACriterion(nn.Module):
             loss_dice = dice_loss(point_logits, point_labels, num_masks=num_masks)
         else:
             loss_mask = loss_dice = _attached_zero(embed, features)
-        weight = self.config.video_no_object_weight
-        loss_ce = classification_loss(logits, matched,
-                                      no_object_weight=self.config.no_object_weight if weight is None else weight)
+        loss_ce = classification_loss(logits, matched, no_object_weight=self.config.no_object_weight)
         return {f"loss_video_ce{suffix}": loss_ce, f"loss_video_mask{suffix}": loss_mask,
                 f"loss_video_dice{suffix}": loss_dice}
 
