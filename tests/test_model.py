@@ -5,6 +5,8 @@ import torch
 
 from ssa_rvos import build_model, model_config
 from ssa_rvos.modeling import clean_sentence
+from ssa_rvos.training.config import TrainConfig
+from ssa_rvos.training.trainer import parameter_groups
 
 TEXTS = ["the red square moving to the right", 'A  blue\tCIRCLE that stops !"#']
 
@@ -116,6 +118,39 @@ def test_original_train_mode_switch_leaves_clip_training():
     assert not any(p.requires_grad for p in model.backbone.clip.parameters())
     model.eval()
     assert not model.backbone.clip.training
+
+
+def test_train_text_switch_trains_the_text_tower_only():
+    cfg = model_config("ssa_tiny")
+    model = build_model(dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, train_text=True)))
+    clip = model.backbone.clip
+    text_ids = {id(p) for p in model.backbone.text_parameters()}
+    assert {id(clip.token_embedding.weight), id(clip.positional_embedding)} <= text_ids
+    for name, p in clip.named_parameters():
+        assert p.requires_grad == (id(p) in text_ids), name
+        assert (name.startswith("visual.") or name == "logit_scale") == (id(p) not in text_ids), name
+    model.train()
+    assert not clip.training  # trained, but without dropout: the tower stays in eval mode
+    out = model(_frames(1, 2), TEXTS[:1])
+    (out.video_logits.float().square().mean() + out.frame_masks.float().square().mean()).backward()
+    for p in model.backbone.text_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert clip.transformer.resblocks[-1].mlp.c_fc.weight.grad.abs().sum() > 0
+    assert clip.token_embedding.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in clip.named_parameters() if n.startswith("visual."))
+    # the same text features as the frozen tower, and none of the graph at inference
+    frozen = build_model(cfg)
+    frozen.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = frozen.encode_text(TEXTS).sentence
+    model.eval()
+    text = model.encode_text(TEXTS)
+    assert not text.sentence.requires_grad
+    torch.testing.assert_close(text.sentence, expected)  # float rounding: another attention kernel
+    optim = TrainConfig().optim
+    where = {id(p): g for g in parameter_groups(model, optim) for p in g["params"]}
+    assert where[id(clip.transformer.resblocks[0].attn.in_proj_weight)]["lr"] == pytest.approx(optim.lr * 0.1)
+    assert where[id(clip.token_embedding.weight)]["weight_decay"] == 0.0
 
 
 def test_sentence_feature_equals_open_clip_encode_text(tiny_model):

@@ -107,6 +107,9 @@ class ClipBackbone(nn.Module):
         self.config = config
         for p in self.clip.parameters():
             p.requires_grad_(False)
+        if config.train_text:
+            for p in self.text_parameters():
+                p.requires_grad_(True)
         self.clip.eval()
         trunk = self.clip.visual.trunk
         self.stage_channels = [stage.blocks[-1].conv_dw.out_channels for stage in trunk.stages]
@@ -125,6 +128,13 @@ class ClipBackbone(nn.Module):
             self.clip.eval()
         return self
 
+    def text_parameters(self) -> list[nn.Parameter]:
+        """The text tower's parameters: token and position embeddings, transformer, final norm, projection."""
+        parts = [self.clip.token_embedding, self.clip.transformer, self.clip.ln_final]
+        params = [p for m in parts for p in m.parameters()] + [self.clip.positional_embedding]
+        proj = self.clip.text_projection
+        return params + (list(proj.parameters()) if isinstance(proj, nn.Module) else [proj])
+
     @property
     def context_length(self) -> int:
         return int(self.clip.positional_embedding.shape[0])
@@ -133,12 +143,12 @@ class ClipBackbone(nn.Module):
         """(B, context) token ids of the cleaned sentences (:func:`tokenize`)."""
         return tokenize(self.tokenizer, texts, warn_truncated=warn_truncated)
 
-    @torch.no_grad()
     def encode_text(self, texts: list[str], *, warn_truncated: bool = False) -> TextFeatures:
         """Run the frozen text tower on B sentences (paper Sec. 3.1); see :meth:`tokenize` for
-        ``warn_truncated``."""
+        ``warn_truncated``. Without gradients unless training with the config's ``train_text``."""
         tokens = self.tokenize(texts, warn_truncated=warn_truncated).to(self.clip.positional_embedding.device)
-        return self.encode_tokens(tokens)
+        with torch.set_grad_enabled(self.config.train_text and self.training and torch.is_grad_enabled()):
+            return self.encode_tokens(tokens)
 
     def encode_tokens(self, tokens: Tensor) -> TextFeatures:
         """:meth:`encode_text` from the (B, context) token ids (what the exported text graph computes)."""

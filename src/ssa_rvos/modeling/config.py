@@ -35,6 +35,10 @@ class ClipConfig:
     word_mask_rule: str = "eot"
     # The original left CLIP in train mode, so its stochastic depth was active while training.
     train_mode: bool = False
+    # Not in the paper: the text tower (token and position embeddings, transformer, final norm, projection)
+    # trains with the model instead of staying frozen; for a CLIP whose text tower never saw the task's
+    # words (the tiny SynthRef CLIP, pretrained on still-frame captions, never saw a motion word).
+    train_text: bool = False
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ class ModelConfig:
     # Test resize saved with the model (None: the benchmark's, 448 for MeViS and 480 otherwise); a model
     # trained on small frames, like the SynthRef one, predicts at the size it was trained at.
     test_short_side: int | None = None
+    # Not in the paper (CLIP is frozen there): the CLIP text tower trains too, in the backbone's learning-rate
+    # group; see ClipConfig.train_text.
+    train_text: bool = False
 
     def ssa_config(self):
         """The network this section describes: the preset with the switches above applied."""
@@ -74,6 +77,7 @@ class ModelConfig:
         base = model_config(self.preset)
         return dataclasses.replace(
             base, use_adapters=self.use_adapters, test_short_side=self.test_short_side,
+            clip=dataclasses.replace(base.clip, train_text=self.train_text),
             video_decoder=dataclasses.replace(base.video_decoder, sequential_alignment=self.sequential_alignment))
 
     def __post_init__(self) -> None:
