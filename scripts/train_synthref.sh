@@ -35,7 +35,7 @@ case $DEVICE in
     RUNS=${RUNS:-runs}
     EXPORT=${EXPORT:-src/ssa_rvos/weights/ssa_tiny_synthref.safetensors}
     CLIP_ARGS=(--steps "${CLIP_STEPS:-1500}" --batch-size 128 --lr 1e-3 --image-size 96 --threads 2)
-    RECIPE=synthref_shallow                        # the CPU preset ssa_tiny_shallow, 4,000 steps
+    RECIPE=synthref_text                           # the CPU preset ssa_tiny_shallow, 4,000 steps, text tower trained
     ;;
   cuda)
     SIZE=192

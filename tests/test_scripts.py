@@ -149,13 +149,17 @@ def test_train_synthref_script_refuses_bad_arguments(tmp_path):
 
 
 def test_gpu_recipe_is_the_cpu_recipe_scaled():
-    deep, cpu, gpu = load_config("synthref"), load_config("synthref_shallow"), load_config("synthref_gpu")
+    deep, cpu, gpu = load_config("synthref"), load_config("synthref_text"), load_config("synthref_gpu")
     assert (gpu.device, gpu.amp, gpu.model.test_short_side) == ("cuda", "bf16", 192)
     assert gpu.loss.num_points == 4 * cpu.loss.num_points  # twice the side: masks at 48x48, not 24x24
     assert gpu.batch_size * gpu.optim.max_steps >= 4 * cpu.batch_size * cpu.optim.max_steps
     # the deeper preset (the paper's layer counts) with the CPU recipe's adapter learning rate
     assert (gpu.model.preset, gpu.data.num_frames, gpu.data.augment) == (deep.model.preset, 8, False)
     assert gpu.optim.backbone_lr_multiplier == cpu.optim.backbone_lr_multiplier == 1.0
+    assert gpu.model.train_text and cpu.model.train_text and not deep.model.train_text
+    # the CPU recipe is the shallow one with the text tower trained, nothing else
+    shallow = load_config("synthref_shallow", ["model.train_text=true", f"output_dir={cpu.output_dir}"])
+    assert cpu.to_dict() == shallow.to_dict()
 
 
 def test_gradnorms_script_splits_the_whole_gradient_into_parts(synthref_root, tmp_path, capsys):
