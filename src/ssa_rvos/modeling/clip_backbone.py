@@ -6,7 +6,8 @@ stage, so gradients flow through frozen stages 1-3 into the earlier adapters.
 
 Frozen is enforced: CLIP parameters have ``requires_grad=False`` and CLIP stays in eval mode
 under ``model.train()`` unless the config asks for the original train-mode behaviour (its
-stochastic depth then stays active while training).
+stochastic depth then stays active while training). The one exception, not in the paper, is the
+config's ``train_text``: the text tower's parameters then train (the image tower stays frozen).
 """
 
 from __future__ import annotations
