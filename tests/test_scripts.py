@@ -250,3 +250,43 @@ def test_twins_script_bounds_follow_their_definitions(synthref_root, segment_mod
     (broken / "valid_u" / "synthref.json").write_text(json.dumps({**info, "seed": 4}))
     assert twins.main(["--data", str(broken), "--videos", "2"]) == 2
     assert "do not match the video drawn again" in capsys.readouterr().err
+
+
+def test_probe_script_fits_a_probe_that_can_read_motion(segment_model, tmp_path, capsys):
+    """scripts/synthref_probe.py: the probe reads the motion perfectly from features that hold it (the
+    objects' true displacement) and at chance from noise; the script runs end to end on a model, pairs
+    each object with a query of its own, and writes its figures; bad arguments exit cleanly."""
+    import numpy as np
+
+    from ssa_rvos.data.synthref import render_video, video_rng
+
+    probe = load_script("synthref_probe")
+    rng = np.random.default_rng(0)
+    x, y = [], []
+    for i in range(40):
+        for obj in render_video(video_rng(5, "train", i), frames=6, size=64).objects:
+            if obj.motion in probe.CLASSES:
+                shift = obj.centers[-1] - obj.centers[0]
+                x.append(np.concatenate([shift, rng.normal(size=2)]))
+                y.append(probe.CLASSES.index(obj.motion))
+    x, y = np.asarray(x, np.float32), np.asarray(y)
+    assert len(set(y.tolist())) == len(probe.CLASSES)
+    half = len(y) // 2
+    readable = probe.report(x[:half], y[:half], x[half:], y[half:])
+    assert readable["test_accuracy"] > 0.9 and readable["left_right_accuracy"] > 0.9
+    noise = probe.report(rng.normal(size=(half, 4)).astype(np.float32), y[:half],
+                         rng.normal(size=(len(y) - half, 4)).astype(np.float32), y[half:])
+    assert noise["test_accuracy"] < readable["chance"] + 0.25
+
+    out = tmp_path / "probe.json"
+    code = probe.main(["--model", str(segment_model[1]), "--train-videos", "3", "--test-videos", "2",
+                       "--frames", "6", "--size", "64", "--threads", "1", "--output", str(out)])
+    if code == 0:
+        result = json.loads(out.read_text())
+        assert result["train_objects"] == result["found"]["train"]["found"] <= result["found"]["train"]["objects"]
+        assert 0 <= result["test_accuracy"] <= 1 and "left vs right" in capsys.readouterr().out
+    else:  # a random model's masks may miss every object: then it says so in one line
+        assert code == 1 and "too few objects" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe.main(["--train-videos", "0"])
+    assert probe.main(["--model", str(tmp_path / "missing.safetensors")]) == 2
