@@ -291,6 +291,41 @@ def test_cross_entropy_weighting_by_hand():
     assert losses["loss_video_ce_3"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_object_displacement_by_hand():
+    m = torch.zeros(3, 3, 10, 20)
+    m[0, 0, 2:4, 2:4] = 1  # centre x 3 / 20
+    m[0, 2, 6:8, 12:14] = 1  # absent in frame 1, then centre x 13 / 20, y 7 / 10
+    m[1, 1, 5:7, 5:7] = 1  # visible in one frame only: no displacement
+    m[2, 0, 0:2, 0:20] = 1
+    m[2, 1, 0:4, 0:20] = 1  # grows downwards: the centre moves by 1 / 10
+    d = L.object_displacement(m)
+    assert torch.allclose(d[0], torch.tensor([10 / 20 * 4, 4 / 10 * 4]))
+    assert torch.equal(d[1], torch.zeros(2))
+    assert torch.allclose(d[2], torch.tensor([0.0, 1 / 10 * 4]))
+
+
+def test_video_motion_loss_keys_value_and_requirements():
+    out = two_object_output()
+    crit = SSACriterion(config=small_config(video_motion_weight=1.5))
+    with pytest.raises(ValueError, match="displacement_head"):
+        crit(out, [two_object_target()])
+    # Objects A and B are visible in one frame each: their displacement is 0, so the loss is the
+    # smooth L1 of the matched queries' predictions (video queries 0 and 3) summed, / (2 objects x K).
+    pred = torch.zeros(6, 3, 1, N, 2)
+    pred[..., VIDEO_Q[0], :] = torch.tensor([1.0, 0.05])  # |1| - 0.05 and 0.05^2 / (2 * 0.1)
+    pred[..., 1, :] = 7.0  # an unmatched query costs nothing
+    out.video_displacement = pred
+    losses = crit(out, [two_object_target()])
+    assert set(losses) == set(crit.weight_dict) and len(losses) == 10 * 3 + 6 * 4 + 1
+    assert crit.weight_dict["loss_video_motion"] == crit.weight_dict["loss_video_motion_4"] == 1.5
+    expected = 3 * ((1.0 - 0.05) + 0.05 ** 2 / 0.2) / (2 * 3)
+    assert losses["loss_video_motion"].item() == pytest.approx(expected, rel=1e-5)
+    assert losses["loss_video_motion_0"].item() == pytest.approx(expected, rel=1e-5)
+    assert not any("motion" in k for k in expected_loss_keys(small_config()))
+    with pytest.raises(ValueError, match="video_motion_weight"):
+        LossConfig(video_motion_weight=float("nan"))
+
+
 def test_clip_without_objects():
     out = two_object_output()
     losses = SSACriterion(config=small_config())(out, [ClipTarget(torch.zeros(0, T, 32, 32, dtype=torch.bool),

@@ -267,3 +267,119 @@ def test_fast_operators_match_their_reference_versions_in_the_whole_model():
     for name, g in grads["fast"].items():
         g_ref = grads["reference"][name]
         assert (g - g_ref).norm() <= 5e-3 * g_ref.norm() + 1e-6, name
+
+
+# ------------------------------------------------------------------ motion_embedding (not in the paper)
+
+def _motion_model(seed=0, motion=True):
+    config = model_config("ssa_tiny")
+    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder,
+                                                                         motion_embedding=motion))
+    torch.manual_seed(seed)
+    model = build_model(config)
+    with torch.no_grad():  # as the fixture does: no zero init may hide a path
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def test_mask_box_is_the_centre_and_spread_of_the_mask():
+    from ssa_rvos.modeling.video_decoder import mask_box
+
+    logits = torch.full((2, 8, 10), -40.0)
+    logits[0, 2:4, 4:8] = 40.0  # rows 2-3, columns 4-7
+    box = mask_box(logits)
+    # centres: x = mean of (4.5 .. 7.5) / 10, y = mean of (2.5, 3.5) / 8; spreads: their standard deviations
+    expected = torch.tensor([6.0 / 10, 3.0 / 8, 1.25 ** 0.5 / 10, 0.5 / 8])
+    assert torch.allclose(box[0], expected, atol=1e-6)
+    assert torch.allclose(box[1], torch.tensor([0.5, 0.5, 0.0, 0.0]))  # an empty mask: the centre, no spread
+    shifted = torch.roll(logits[0], shifts=(3, -2), dims=(0, 1))
+    assert torch.allclose(mask_box(shifted)[:2], expected[:2] + torch.tensor([-2 / 10, 3 / 8]), atol=1e-6)
+
+
+def test_motion_features_by_hand():
+    from ssa_rvos.modeling.video_decoder import motion_features
+
+    # One object moving right by 0.05 a frame and down by 0.1 once, three frames.
+    cx, cy = torch.tensor([0.3, 0.35, 0.4]), torch.tensor([0.5, 0.5, 0.6])
+    boxes = torch.stack([cx, cy, torch.full((3,), 0.1), torch.full((3,), 0.2)], -1)[None, :, None]  # (1, 3, 1, 4)
+    f = motion_features(boxes)[0, :, 0]
+    assert torch.allclose(f[:, 0], (cx - 0.5) * 4) and torch.allclose(f[:, 1], (cy - 0.5) * 4)
+    assert torch.allclose(f[:, 2:4], torch.tensor([0.4, 0.8]).expand(3, 2))
+    assert torch.allclose(f[:, 4], torch.full((3,), 0.05 * 16), atol=1e-6)  # frame 0 repeats frame 1's step
+    assert torch.allclose(f[:, 5], torch.tensor([0.0, 0.0, 1.6]), atol=1e-6)
+    assert torch.allclose(f[:, 6:], torch.tensor([0.1 * 4, 0.1 * 4]).expand(3, 2), atol=1e-6)
+    single = motion_features(boxes[:, :1])[0, 0, 0]
+    assert torch.all(single[4:] == 0)  # one frame: no step, no displacement
+
+
+def test_motion_embedding_starts_as_the_paper_model_and_reads_the_aligned_boxes():
+    """Zero-initialised, the embedding leaves every output as the paper's SSA with the same weights;
+    once its last layer is not zero, the video stage's outputs change and the frame stage's do not."""
+    frames = _frames(1, 3)
+    plain = _motion_model(motion=False).eval()
+    model = _motion_model(motion=True).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)  # everything but the new MLP
+    with torch.no_grad():
+        nn = model.video_decoder.motion.mlp.layers
+        nn[-1].weight.zero_(), nn[-1].bias.zero_()
+        a, b = plain(frames, TEXTS[:1]), model(frames, TEXTS[:1])
+        torch.testing.assert_close(a.video_logits, b.video_logits)
+        nn[-1].weight.normal_(0, 0.5)
+        c = model(frames, TEXTS[:1])
+    assert torch.equal(a.frame_masks, c.frame_masks) and torch.equal(a.frame_queries, c.frame_queries)
+    assert not torch.allclose(a.video_logits, c.video_logits, atol=1e-4)
+    with pytest.raises(ValueError, match="motion_embedding"):
+        model.video_decoder(a.frame_queries[0], a.sentence_tokens)
+
+
+def test_motion_embedding_trains_in_chunks_and_keeps_the_masks_out_of_its_gradient():
+    model = _motion_model().train()
+    out = model(_frames(1, 2), TEXTS[:1])
+    out.video_logits.float().square().mean().backward()
+    for layer in model.video_decoder.motion.mlp.layers:
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    boxes = torch.rand(1, 2, 3, 4, requires_grad=True)
+    model.video_decoder.motion(boxes).sum().backward()
+    assert boxes.grad is None
+    model.eval()
+    frames = _frames(2, 5)
+    with torch.no_grad():
+        whole = model(frames, TEXTS)
+        chunked = model(frames, TEXTS, frame_chunk=3)
+    torch.testing.assert_close(chunked.video_logits, whole.video_logits, atol=2e-5, rtol=1e-4)
+
+
+def test_motion_embedding_config_switch_and_old_configs():
+    from ssa_rvos.modeling.config import SSAConfig
+    from ssa_rvos.training.config import load_config
+
+    data = model_config("ssa_tiny_shallow").to_dict()
+    del data["video_decoder"]["motion_embedding"]
+    assert build_model(SSAConfig.from_dict(data)).video_decoder.motion is None
+    recipe = load_config("synthref_motion", ["model.clip_weights=null"]).model
+    assert recipe.motion_embedding and recipe.train_text
+    assert recipe.ssa_config().video_decoder.motion_embedding and recipe.ssa_config().video_decoder.layers == 3
+    assert not load_config("synthref_text", ["model.clip_weights=null"]).model.ssa_config().video_decoder.motion_embedding
+
+
+def test_displacement_head_outputs_per_video_layer_and_is_optional():
+    config = model_config("ssa_tiny")
+    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder,
+                                                                         displacement_head=True))
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    out = model(_frames(2, 3), TEXTS)
+    Lv, K = out.video_logits.shape[:2]
+    assert out.video_displacement.shape == (Lv, K, 2, config.num_queries, 2)
+    out.video_displacement.square().mean().backward()
+    assert model.video_decoder.displacement_head.weight.grad.abs().sum() > 0
+    plain = build_model(model_config("ssa_tiny")).eval()
+    with torch.no_grad():
+        assert plain(_frames(1, 2), TEXTS[:1]).video_displacement is None
+    from ssa_rvos.training.config import load_config
+
+    aux = load_config("synthref_motionaux", ["model.clip_weights=null"])
+    vd = aux.model.ssa_config().video_decoder
+    assert vd.displacement_head and vd.motion_embedding and aux.loss.video_motion_weight == 2.0

@@ -170,6 +170,19 @@ def test_without_sequential_alignment_the_video_graph_matches(tmp_path):
         assert float(np.abs(o - r.numpy()).max()) <= ATOL
 
 
+def test_a_model_with_motion_embedding_is_refused_in_one_line(tmp_path):
+    """motion_embedding (not in the paper) feeds the video stage the frame masks' boxes, which the four
+    graphs do not carry: the exporter refuses before writing anything."""
+    from ssa_rvos import build_model, model_config
+
+    config = model_config("ssa_tiny")
+    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder,
+                                                                             motion_embedding=True))
+    with pytest.raises(ValueError, match="motion_embedding"):
+        export_onnx(build_model(config), tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
 # ------------------------------------------------------------------------------------------------- errors
 
 

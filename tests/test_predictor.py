@@ -338,3 +338,25 @@ def test_release_memory_trims_the_heap_where_glibc_has_malloc_trim(monkeypatch):
     assert release_memory() is glibc
     monkeypatch.setenv("SSA_RVOS_MALLOC_TRIM", "0")  # how the benchmark measures without it
     assert release_memory() is False
+
+
+def test_a_model_with_motion_embedding_gets_its_boxes_in_every_pass(video, texts):
+    """The engine hands the video stage the frame masks' boxes chunk by chunk (motion_embedding, not in
+    the paper): the same masks as SSA.forward in one pass or in chunks."""
+    import dataclasses
+
+    from ssa_rvos import build_model, model_config
+
+    config = dataclasses.replace(model_config("ssa_tiny"), test_short_side=SHORT)
+    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder, motion_embedding=True))
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for p in model.video_decoder.motion.parameters():
+            p.normal_(0, 0.2)  # not zero-initialised: the boxes must matter
+    state = SSAPredictor(model).init_state(video.frames)
+    whole = SSAPredictor(model, frame_chunk=1000).segment(state, texts[:2])
+    for result, pred in zip(whole, reference(model, video.frames, texts[:2])):
+        assert_same(result, pred)
+    chunked = SSAPredictor(model, frame_chunk=3).segment(state, texts[0])[0]
+    assert_same(chunked, reference(model, video.frames, texts[:1], frame_chunk=3)[0])

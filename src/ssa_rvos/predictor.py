@@ -426,7 +426,7 @@ class SSAPredictor:
         model = self.model
         E, T = len(texts), state.num_frames
         chunks = self._chunks(T, E)
-        queries, tokens, cache = [], [], []
+        queries, tokens, boxes, cache = [], [], [], []
         with self._autocast():
             text = model.encode_text(texts, warn_truncated=True)
             sentence = model.sentence_proj(text.sentence)  # (E, C)
@@ -437,6 +437,8 @@ class SSAPredictor:
                                               sentence=sentence.repeat_interleave(k, dim=0))
                     queries.append(fs.queries.unflatten(1, (E, k)))  # (K, E, k, N, C)
                     tokens.append(fs.sentence.unflatten(0, (E, k)))  # (E, k, C)
+                    if getattr(fs, "boxes", None) is not None:  # motion_embedding: where each query's mask lies
+                        boxes.append(fs.boxes.unflatten(1, (E, k)))  # (K, E, k, N, 4)
                     if cache is not None:  # decided on the first chunk: the whole video's features fit, or none kept
                         f = fs.video_mask_features
                         if f.numel() * f.element_size() / k * T <= self.max_cache_bytes:
@@ -446,7 +448,8 @@ class SSAPredictor:
                     del fs  # the frame masks and mask features of this chunk are not needed again
                     release_memory()
                     bar.update(k)
-            video = model.forward_video(torch.cat(queries, dim=2), torch.cat(tokens, dim=1))
+            video = model.forward_video(torch.cat(queries, dim=2), torch.cat(tokens, dim=1),
+                                        *([torch.cat(boxes, dim=2)] if boxes else []))
         scores = foreground_probability(video.logits[-1, -1])  # (E, N), as SSAOutput.video_scores
         embed = video.mask_embed[-1, -1].float()  # (E, N, Cm)
         idx = [select_queries(scores[b], selection=self.selection, threshold=self.threshold) for b in range(E)]

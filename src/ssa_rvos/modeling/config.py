@@ -89,6 +89,13 @@ class VideoDecoderConfig:
     # Ablation switch: without alignment, no trajectory chaining, temporal enhancement or
     # ensemble; the video queries start from the mean of the frame queries over time.
     sequential_alignment: bool = True
+    # Not in the paper (issue 18): each trajectory token gets an embedding of where its frame mask lies
+    # and how it moved (centre, spread, step since the previous frame, displacement over the clip), so the
+    # video stage can read motion that SSA's position-free frame queries do not carry. Off in every preset.
+    motion_embedding: bool = False
+    # Not in the paper (issue 18): a linear head on every video query predicting its object's displacement
+    # over the clip, for the auxiliary loss ``loss.video_motion_weight``; unused at inference.
+    displacement_head: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from .clip_backbone import ClipBackbone, TextFeatures
 from .config import SSAConfig
 from .frame_decoder import FrameDecoder
 from .pixel_decoder import PixelDecoder
-from .video_decoder import VideoDecoder
+from .video_decoder import VideoDecoder, mask_box
 
 
 def foreground_probability(logits: Tensor) -> Tensor:
@@ -66,7 +66,9 @@ class FrameStageOutput:
 
     logits: (Lf + 1, BT, N, 2); masks: (Lf + 1, BT, N, H/4, W/4); queries: (K, BT, N, C) the
     normed queries of the last K frame-decoder layers; sentence: (BT, C) the tokens s_t;
-    mask_features: (BT, Cm, H/4, W/4) frame level; video_mask_features: (BT, Cm, H/4, W/4).
+    mask_features: (BT, Cm, H/4, W/4) frame level; video_mask_features: (BT, Cm, H/4, W/4);
+    boxes: (K, BT, N, 4) where the masks of those K layers lie (``mask_box``), only for a video decoder
+    with ``motion_embedding`` (else None).
     """
 
     logits: Tensor
@@ -75,6 +77,7 @@ class FrameStageOutput:
     sentence: Tensor
     mask_features: Tensor
     video_mask_features: Tensor
+    boxes: Tensor | None = None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class SSAOutput:
     video_logits: (Lv, K, B, N, 2)           video_mask_embed: (Lv, K, B, N, Cm)
     video_sim_embed: (Lv, K, B, N, C)        frame_sim_embed: (K, B, T, N, C)
     trajectory: (K, B, T, N)                 image_size / padded_size: (H, W) before / after padding
+    video_displacement: (Lv, K, B, N, 2) with the video decoder's ``displacement_head``, else None
     """
 
     frame_logits: Tensor
@@ -105,6 +109,7 @@ class SSAOutput:
     trajectory: Tensor
     image_size: tuple[int, int]
     padded_size: tuple[int, int]
+    video_displacement: Tensor | None = None
 
     def video_masks(self, layer: int = -1) -> Tensor:
         """Mask logits of one video-decoder layer at stride 4: (K, B, N, T, H/4, W/4)."""
@@ -172,6 +177,8 @@ class SSA(nn.Module):
             sentence=pix.sentence[:, 0],
             mask_features=pix.mask_features,
             video_mask_features=self.video_decoder.mask_features(pix.fpn),
+            # masks[i + 1] is drawn by queries[i]: the last k masks belong to the last k query layers.
+            boxes=mask_box(frames.masks[-k:].detach()) if self.video_decoder.motion is not None else None,
         )
 
     def forward_mask_features(self, images: Tensor, text: TextFeatures, *, sentence: Tensor | None = None) -> Tensor:
@@ -197,12 +204,14 @@ class SSA(nn.Module):
         """:func:`mask_logits` (the engine's pass 2 calls it through the model, so a backend can replace it)."""
         return mask_logits(embed, features)
 
-    def forward_video(self, frame_queries: Tensor, sentence_tokens: Tensor):
-        """frame_queries: (K, B, T, N, C); sentence_tokens: (B, T, C). The K query layers are
-        folded into the batch; returns the video decoder output with leading (K, B) dims."""
+    def forward_video(self, frame_queries: Tensor, sentence_tokens: Tensor, boxes: Tensor | None = None):
+        """frame_queries: (K, B, T, N, C); sentence_tokens: (B, T, C); boxes: (K, B, T, N, 4) the frame
+        stage's ``boxes`` (needed with ``motion_embedding`` only). The K query layers are folded into the
+        batch; returns the video decoder output with leading (K, B) dims."""
         K, B = frame_queries.shape[:2]
         out = self.video_decoder(
-            frame_queries.flatten(0, 1), sentence_tokens.repeat(K, 1, 1)
+            frame_queries.flatten(0, 1), sentence_tokens.repeat(K, 1, 1),
+            None if boxes is None else boxes.flatten(0, 1),
         )
         unfold = lambda t, lead: t.unflatten(lead, (K, B))  # noqa: E731
         out.logits = unfold(out.logits, 1)
@@ -210,6 +219,8 @@ class SSA(nn.Module):
         out.sim_embed = unfold(out.sim_embed, 1)
         out.frame_sim_embed = unfold(out.frame_sim_embed, 0)
         out.trajectory = unfold(out.trajectory, 0)
+        if out.displacement is not None:
+            out.displacement = unfold(out.displacement, 1)
         return out
 
     def _frames_in_chunks(self, images: Tensor, text: TextFeatures, sentence: Tensor, chunk: int) -> FrameStageOutput:
@@ -223,7 +234,8 @@ class SSA(nn.Module):
         cat = lambda name, dim: torch.cat([getattr(p, name) for p in parts], dim=dim)  # noqa: E731
         return FrameStageOutput(logits=cat("logits", 1), masks=cat("masks", 1), queries=cat("queries", 1),
                                 sentence=cat("sentence", 0), mask_features=cat("mask_features", 0),
-                                video_mask_features=cat("video_mask_features", 0))
+                                video_mask_features=cat("video_mask_features", 0),
+                                boxes=None if parts[0].boxes is None else cat("boxes", 1))
 
     def forward(self, frames: Tensor, texts: list[str], *, frame_chunk: int | None = None) -> SSAOutput:
         """frames: (B, T, 3, H, W) RGB on a 0-255 scale, any H, W; texts: B sentences.
@@ -249,7 +261,7 @@ class SSA(nn.Module):
         per_clip = lambda t, lead: t.unflatten(lead, (B, T))  # noqa: E731
         queries = per_clip(fs.queries, 1)
         sentences = per_clip(fs.sentence, 0)
-        video = self.forward_video(queries, sentences)
+        video = self.forward_video(queries, sentences, None if fs.boxes is None else per_clip(fs.boxes, 1))
         return SSAOutput(
             frame_logits=per_clip(fs.logits, 1),
             frame_masks=per_clip(fs.masks, 1),
@@ -264,4 +276,5 @@ class SSA(nn.Module):
             trajectory=video.trajectory,
             image_size=image_size,
             padded_size=tuple(images.shape[-2:]),
+            video_displacement=video.displacement,
         )

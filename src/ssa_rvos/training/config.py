@@ -69,6 +69,12 @@ class ModelConfig:
     # Not in the paper (CLIP is frozen there): the CLIP text tower trains too, in the backbone's learning-rate
     # group; see ClipConfig.train_text.
     train_text: bool = False
+    # Not in the paper: the video stage reads each trajectory's mask positions and motion
+    # (VideoDecoderConfig.motion_embedding).
+    motion_embedding: bool = False
+    # Not in the paper: a head predicting each video query's displacement, trained by
+    # loss.video_motion_weight (VideoDecoderConfig.displacement_head).
+    displacement_head: bool = False
 
     def ssa_config(self):
         """The network this section describes: the preset with the switches above applied."""
@@ -78,7 +84,9 @@ class ModelConfig:
         return dataclasses.replace(
             base, use_adapters=self.use_adapters, test_short_side=self.test_short_side,
             clip=dataclasses.replace(base.clip, train_text=self.train_text),
-            video_decoder=dataclasses.replace(base.video_decoder, sequential_alignment=self.sequential_alignment))
+            video_decoder=dataclasses.replace(base.video_decoder, sequential_alignment=self.sequential_alignment,
+                                              motion_embedding=self.motion_embedding or base.video_decoder.motion_embedding,
+                                              displacement_head=self.displacement_head or base.video_decoder.displacement_head))
 
     def __post_init__(self) -> None:
         if self.preset not in list_models():

@@ -5,6 +5,8 @@
   point Dice on importance-sampled points.
 - Video level (VITA): each of the ``video_layers`` layers x K frame-layer copies is matched clip by clip
   on its own; the same three losses, with points drawn per frame and concatenated over T.
+- Video motion (not in the paper; only with ``video_motion_weight`` > 0): per video layer, each matched
+  video query's predicted displacement against its object's (:func:`object_displacement`), smooth L1.
 - Similarity (VITA ``loss_fg_sim``), final video layer only: matched frame queries of the last K frame
   predictions and matched video queries carry the identity of their object; BCE-with-logits of the raw
   dot products of every pair within one (copy, clip) group against "same identity".
@@ -44,6 +46,7 @@ __all__ = [
     "sigmoid_bce_loss",
     "dice_loss",
     "classification_loss",
+    "object_displacement",
     "similarity_loss",
     "reduce_count",
     "expected_loss_keys",
@@ -72,6 +75,10 @@ class LossConfig:
     gathers the frame similarity embeddings in the order the frame matcher saw the queries;
     "reordered" reproduces the original, which gathered them after the trajectory matching had
     re-ordered them in place (so its indices point at other queries).
+    ``video_motion_weight`` (not in the paper; 0 turns it off and adds no loss key): the weight of an
+    auxiliary loss asking every matched video query to predict its object's displacement over the clip
+    (the model needs the video decoder's ``displacement_head``), so that the video queries must carry the
+    motion that motion-only sentences name.
     """
 
     class_weight: float = 2.0
@@ -79,6 +86,7 @@ class LossConfig:
     dice_weight: float = 5.0
     no_object_weight: float = 0.1
     sim_weight: float = 0.5
+    video_motion_weight: float = 0.0
     sim_frame_order: str = "original"
     num_points: int = 12544
     oversample_ratio: float = 3.0
@@ -88,7 +96,8 @@ class LossConfig:
     deep_supervision: bool = True  # supervise every frame prediction and every video layer, not only the last
 
     def __post_init__(self) -> None:
-        for name in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "sim_weight"):
+        for name in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "sim_weight",
+                     "video_motion_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
@@ -119,9 +128,12 @@ def expected_loss_keys(config: LossConfig) -> tuple[str, ...]:
     (frame predictions 0 .. frame_layers - 2, video layers 0 .. video_layers - 2), as Mask2Former and
     VITA name their auxiliary losses. ``loss_sim`` is always present (with weight 0 when disabled) so
     the similarity heads stay in the graph, which DDP without unused-parameter search requires.
+    ``loss_video_motion`` (and its suffixed copies) only where ``video_motion_weight`` > 0.
     """
     frame = ("loss_ce", "loss_mask", "loss_dice")
     video = ("loss_video_ce", "loss_video_mask", "loss_video_dice")
+    if config.video_motion_weight > 0:
+        video += ("loss_video_motion",)
     keys = list(frame)
     if config.deep_supervision:
         keys += [f"{k}_{i}" for i in range(config.frame_layers - 1) for k in frame]
@@ -133,7 +145,8 @@ def expected_loss_keys(config: LossConfig) -> tuple[str, ...]:
 
 
 def _default_weight_dict(config: LossConfig) -> dict[str, float]:
-    base = {"ce": config.class_weight, "mask": config.mask_weight, "dice": config.dice_weight}
+    base = {"ce": config.class_weight, "mask": config.mask_weight, "dice": config.dice_weight,
+            "motion": config.video_motion_weight}
     weights = {}
     for key in expected_loss_keys(config):
         if key == "loss_sim":
@@ -201,6 +214,27 @@ def classification_loss(logits: Tensor, matched: Tensor, *, no_object_weight: fl
     target = (~matched).long().flatten()
     weight = torch.tensor([1.0, no_object_weight], device=logits.device)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target, weight=weight)
+
+
+def object_displacement(masks: Tensor) -> Tensor:
+    """masks (n, T, H, W) -> (n, 2): how far each object's centre (x, y) moves from the first frame it is
+    visible in to the last, as a fraction of the width and height, times 4 (the scale of
+    ``ssa_rvos.modeling.video_decoder.motion_features``). 0 for an object visible in fewer than two frames."""
+    m = masks.float()
+    H, W = m.shape[-2:]
+    xs = (torch.arange(W, device=m.device, dtype=m.dtype) + 0.5) / W
+    ys = (torch.arange(H, device=m.device, dtype=m.dtype) + 0.5) / H
+    area = m.sum((-2, -1))  # (n, T)
+    visible = area > 0
+    safe = area.clamp_min(1)
+    centre = torch.stack(((m.sum(-2) * xs).sum(-1) / safe, (m.sum(-1) * ys).sum(-1) / safe), -1)  # (n, T, 2)
+    T = m.shape[1]
+    index = torch.arange(T, device=m.device).expand_as(visible)
+    first = torch.where(visible, index, T).amin(1).clamp_max(T - 1)
+    last = torch.where(visible, index, -1).amax(1).clamp_min(0)
+    rows = torch.arange(m.shape[0], device=m.device)
+    shift = (centre[rows, last] - centre[rows, first]) * 4
+    return torch.where((visible.sum(1) >= 2)[:, None], shift, torch.zeros_like(shift))
 
 
 def similarity_loss(embed: Tensor, identity: Tensor, group: Tensor) -> Tensor:
@@ -453,8 +487,27 @@ class SSACriterion(nn.Module):
         else:
             loss_mask = loss_dice = _attached_zero(embed, features)
         loss_ce = classification_loss(logits, matched, no_object_weight=self.config.no_object_weight)
-        return {f"loss_video_ce{suffix}": loss_ce, f"loss_video_mask{suffix}": loss_mask,
-                f"loss_video_dice{suffix}": loss_dice}
+        out = {f"loss_video_ce{suffix}": loss_ce, f"loss_video_mask{suffix}": loss_mask,
+               f"loss_video_dice{suffix}": loss_dice}
+        if self.config.video_motion_weight > 0:
+            out[f"loss_video_motion{suffix}"] = self._displacement(output, layer, matches, tg, num_masks)
+        return out
+
+    @staticmethod
+    def _displacement(output: SSAOutput, layer: int, matches: list[VideoAssignment], tg: _Targets,
+                      num_masks: float) -> Tensor:
+        """Smooth L1 (beta 0.1) between each matched video query's predicted displacement and its object's,
+        summed over x, y and the matches, / the clip objects x K (as the mask losses)."""
+        if output.video_displacement is None:
+            raise ValueError("loss.video_motion_weight > 0 needs a model whose video decoder has displacement_head")
+        pred = output.video_displacement[layer]  # (K, B, N, 2)
+        picks = [(torch.full_like(m.query, k), m.clip, m.query, tg.rows(m.clip, m.target))
+                 for k, m in enumerate(matches) if len(m.query)]
+        if not picks:
+            return _attached_zero(pred)
+        k, b, q, rows = (torch.cat(x).to(pred.device) for x in zip(*picks))
+        target = object_displacement(tg.masks[rows])
+        return F.smooth_l1_loss(pred[k, b, q].float(), target, beta=0.1, reduction="sum") / num_masks
 
     def _similarity(self, output: SSAOutput, frame_matches: list[FrameAssignment], video_matches: list[VideoAssignment],
                     tg: _Targets) -> Tensor:
