@@ -326,51 +326,6 @@ def test_video_motion_loss_keys_value_and_requirements():
         LossConfig(video_motion_weight=float("nan"))
 
 
-def test_ranking_loss_by_hand_and_its_gradient():
-    # Group 0: query 0 matched, queries 1 (a look-alike scoring as high) and 2 not; group 1: two matched
-    # queries (each is left out of the other's sum) and one unmatched; group 2: nothing matched.
-    logits = torch.tensor([[[2.0, 0.0], [3.0, 1.0], [0.0, 3.0]],
-                           [[1.0, 0.0], [0.5, 0.0], [0.0, 0.0]],
-                           [[5.0, 0.0], [0.0, 0.0], [0.0, 0.0]]], requires_grad=True)
-    matched = torch.tensor([[True, False, False], [True, True, False], [False, False, False]])
-
-    def cost(z_p, z_rest):
-        return -(z_p - torch.logsumexp(torch.tensor([z_p, *z_rest]), 0)).item()
-
-    expected = (cost(2.0, [2.0, -3.0]) + cost(1.0, [0.0]) + cost(0.5, [0.0])) / 3
-    loss = L.ranking_loss(logits, matched)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
-    loss.backward()
-    g = logits.grad[..., 0] - logits.grad[..., 1]  # d loss / d margin, up to a factor 2
-    assert g[0, 0] < 0 < g[0, 1]  # the matched query is pushed up, the look-alike down
-    assert g[0, 1] > 50 * g[0, 2] > 0  # the hard negative gets nearly all of the push
-    assert torch.all(logits.grad[2] == 0)  # no matched query: the group costs nothing
-    # Nothing matched anywhere: zero, still attached.
-    none = L.ranking_loss(logits, torch.zeros_like(matched))
-    assert none.item() == 0 and none.requires_grad
-
-
-def test_ranking_loss_keys_and_value_in_the_criterion():
-    q = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]])
-    out = two_object_output(frame_ok=(False, False), video_ok=(False, False))
-    out.frame_logits = q.expand(10, 1, T, N, 2).clone()
-    out.video_logits = q.expand(6, 3, 1, N, 2).clone()
-    crit = SSACriterion(config=small_config(video_rank_weight=0.7))
-    losses = crit(out, [two_object_target()])
-    assert set(losses) == set(crit.weight_dict) and len(losses) == 10 * 3 + 6 * 4 + 1
-    assert crit.weight_dict["loss_video_rank"] == crit.weight_dict["loss_video_rank_2"] == 0.7
-    # Both objects go to the two most foreground queries (0 and 2), as in the cross-entropy test above.
-    z = q[:, 0] - q[:, 1]
-    rest = torch.logsumexp(z[[1, 3]], 0)
-    expected = (F.softplus(rest - z[0]) + F.softplus(rest - z[2])).item() / 2
-    assert losses["loss_video_rank"].item() == pytest.approx(expected, rel=1e-5)
-    assert losses["loss_video_rank_0"].item() == pytest.approx(expected, rel=1e-5)
-    # Off (the default, the paper): no key at all, so old weight dicts stay valid.
-    assert not any("rank" in k for k in expected_loss_keys(small_config()))
-    with pytest.raises(ValueError, match="video_rank_weight"):
-        LossConfig(video_rank_weight=-1.0)
-
-
 def test_clip_without_objects():
     out = two_object_output()
     losses = SSACriterion(config=small_config())(out, [ClipTarget(torch.zeros(0, T, 32, 32, dtype=torch.bool),

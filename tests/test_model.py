@@ -383,6 +383,3 @@ def test_displacement_head_outputs_per_video_layer_and_is_optional():
     aux = load_config("synthref_motionaux", ["model.clip_weights=null"])
     vd = aux.model.ssa_config().video_decoder
     assert vd.displacement_head and vd.motion_embedding and aux.loss.video_motion_weight == 2.0
-    rank = load_config("synthref_motionrank", ["model.clip_weights=null"])
-    assert rank.loss.video_rank_weight == 1.0 and rank.loss.video_motion_weight == 2.0
-    assert rank.model.ssa_config() == aux.model.ssa_config()

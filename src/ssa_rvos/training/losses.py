@@ -7,8 +7,6 @@
   on its own; the same three losses, with points drawn per frame and concatenated over T.
 - Video motion (not in the paper; only with ``video_motion_weight`` > 0): per video layer, each matched
   video query's predicted displacement against its object's (:func:`object_displacement`), smooth L1.
-- Video ranking (not in the paper; only with ``video_rank_weight`` > 0): per video layer, copy and clip,
-  each matched query's foreground margin against every unmatched query's (softmax over the queries).
 - Similarity (VITA ``loss_fg_sim``), final video layer only: matched frame queries of the last K frame
   predictions and matched video queries carry the identity of their object; BCE-with-logits of the raw
   dot products of every pair within one (copy, clip) group against "same identity".
@@ -49,7 +47,6 @@ __all__ = [
     "dice_loss",
     "classification_loss",
     "object_displacement",
-    "ranking_loss",
     "similarity_loss",
     "reduce_count",
     "expected_loss_keys",
@@ -82,10 +79,6 @@ class LossConfig:
     auxiliary loss asking every matched video query to predict its object's displacement over the clip
     (the model needs the video decoder's ``displacement_head``), so that the video queries must carry the
     motion that motion-only sentences name.
-    ``video_rank_weight`` (not in the paper; 0 turns it off and adds no loss key): the weight of
-    :func:`ranking_loss` on every supervised video layer, which asks each matched video query to
-    outscore the clip's unmatched ones (the cross-entropy only asks every query to pass or fail 0.5
-    on its own).
     """
 
     class_weight: float = 2.0
@@ -94,7 +87,6 @@ class LossConfig:
     no_object_weight: float = 0.1
     sim_weight: float = 0.5
     video_motion_weight: float = 0.0
-    video_rank_weight: float = 0.0
     sim_frame_order: str = "original"
     num_points: int = 12544
     oversample_ratio: float = 3.0
@@ -105,7 +97,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "sim_weight",
-                     "video_motion_weight", "video_rank_weight"):
+                     "video_motion_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
@@ -136,15 +128,12 @@ def expected_loss_keys(config: LossConfig) -> tuple[str, ...]:
     (frame predictions 0 .. frame_layers - 2, video layers 0 .. video_layers - 2), as Mask2Former and
     VITA name their auxiliary losses. ``loss_sim`` is always present (with weight 0 when disabled) so
     the similarity heads stay in the graph, which DDP without unused-parameter search requires.
-    ``loss_video_motion`` and ``loss_video_rank`` (and their suffixed copies) only where
-    ``video_motion_weight`` / ``video_rank_weight`` > 0.
+    ``loss_video_motion`` (and its suffixed copies) only where ``video_motion_weight`` > 0.
     """
     frame = ("loss_ce", "loss_mask", "loss_dice")
     video = ("loss_video_ce", "loss_video_mask", "loss_video_dice")
     if config.video_motion_weight > 0:
         video += ("loss_video_motion",)
-    if config.video_rank_weight > 0:
-        video += ("loss_video_rank",)
     keys = list(frame)
     if config.deep_supervision:
         keys += [f"{k}_{i}" for i in range(config.frame_layers - 1) for k in frame]
@@ -157,7 +146,7 @@ def expected_loss_keys(config: LossConfig) -> tuple[str, ...]:
 
 def _default_weight_dict(config: LossConfig) -> dict[str, float]:
     base = {"ce": config.class_weight, "mask": config.mask_weight, "dice": config.dice_weight,
-            "motion": config.video_motion_weight, "rank": config.video_rank_weight}
+            "motion": config.video_motion_weight}
     weights = {}
     for key in expected_loss_keys(config):
         if key == "loss_sim":
@@ -246,23 +235,6 @@ def object_displacement(masks: Tensor) -> Tensor:
     rows = torch.arange(m.shape[0], device=m.device)
     shift = (centre[rows, last] - centre[rows, first]) * 4
     return torch.where((visible.sum(1) >= 2)[:, None], shift, torch.zeros_like(shift))
-
-
-def ranking_loss(logits: Tensor, matched: Tensor) -> Tensor:
-    """Each matched query against the unmatched queries of its group, softmax over the queries.
-
-    logits: (G, N, 2) class logits of G groups (copy, clip) of N queries; matched: (G, N) bool. With
-    z = foreground logit - no-object logit, a matched query p of group g costs
-    -log(exp(z_p) / (exp(z_p) + sum over unmatched n of g of exp(z_n))) = softplus(logsumexp(z_n) - z_p);
-    other matched queries of g are left out of p's sum. Mean over the matched queries; 0 (attached)
-    without any. An unmatched query that scores like a matched one (a look-alike the sentence rules
-    out) costs as much as the matched one gains, however high both score.
-    """
-    z = logits[..., 0].float() - logits[..., 1].float()
-    if not bool(matched.any()):
-        return z.sum() * 0.0
-    rest = torch.logsumexp(z.masked_fill(matched, float("-inf")), dim=-1, keepdim=True)  # (G, 1)
-    return F.softplus(rest - z)[matched].mean()
 
 
 def similarity_loss(embed: Tensor, identity: Tensor, group: Tensor) -> Tensor:
@@ -519,8 +491,6 @@ class SSACriterion(nn.Module):
                f"loss_video_dice{suffix}": loss_dice}
         if self.config.video_motion_weight > 0:
             out[f"loss_video_motion{suffix}"] = self._displacement(output, layer, matches, tg, num_masks)
-        if self.config.video_rank_weight > 0:
-            out[f"loss_video_rank{suffix}"] = ranking_loss(logits.flatten(0, 1), matched.flatten(0, 1))
         return out
 
     @staticmethod

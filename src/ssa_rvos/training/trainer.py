@@ -95,7 +95,7 @@ _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 # terms go to metrics.jsonl and TensorBoard only).
 _SHOWN = {"loss_ce": "ce", "loss_mask": "mask", "loss_dice": "dice", "loss_video_ce": "vce",
           "loss_video_mask": "vmask", "loss_video_dice": "vdice",
-          "loss_video_motion": "vmotion", "loss_video_rank": "vrank", "loss_sim": "sim"}
+          "loss_video_motion": "vmotion", "loss_sim": "sim"}
 
 
 # ------------------------------------------------------------------------------------------------ processes
