@@ -36,6 +36,7 @@ class _FrameStage:
     queries: Tensor  # (1, n, N, C): the last frame-decoder layer
     sentence: Tensor  # (n, C)
     video_mask_features: Tensor  # (n, Cm, H/4, W/4)
+    boxes: None = None  # no motion_embedding here: the export refuses such a model
 
 
 @dataclass

@@ -437,7 +437,7 @@ class SSAPredictor:
                                               sentence=sentence.repeat_interleave(k, dim=0))
                     queries.append(fs.queries.unflatten(1, (E, k)))  # (K, E, k, N, C)
                     tokens.append(fs.sentence.unflatten(0, (E, k)))  # (E, k, C)
-                    if getattr(fs, "boxes", None) is not None:  # motion_embedding: where each query's mask lies
+                    if fs.boxes is not None:  # motion_embedding: where each query's mask lies
                         boxes.append(fs.boxes.unflatten(1, (E, k)))  # (K, E, k, N, 4)
                     if cache is not None:  # decided on the first chunk: the whole video's features fit, or none kept
                         f = fs.video_mask_features

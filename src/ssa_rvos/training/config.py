@@ -85,8 +85,8 @@ class ModelConfig:
             base, use_adapters=self.use_adapters, test_short_side=self.test_short_side,
             clip=dataclasses.replace(base.clip, train_text=self.train_text),
             video_decoder=dataclasses.replace(base.video_decoder, sequential_alignment=self.sequential_alignment,
-                                              motion_embedding=self.motion_embedding or base.video_decoder.motion_embedding,
-                                              displacement_head=self.displacement_head or base.video_decoder.displacement_head))
+                                              motion_embedding=self.motion_embedding,
+                                              displacement_head=self.displacement_head))
 
     def __post_init__(self) -> None:
         if self.preset not in list_models():
