@@ -383,3 +383,64 @@ def test_displacement_head_outputs_per_video_layer_and_is_optional():
     aux = load_config("synthref_motionaux", ["model.clip_weights=null"])
     vd = aux.model.ssa_config().video_decoder
     assert vd.displacement_head and vd.motion_embedding and aux.loss.video_motion_weight == 2.0
+
+
+# ------------------------------------------------------------------ sentence_score (not in the paper)
+
+def _score_model(score=True):
+    config = model_config("ssa_tiny")
+    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder, sentence_score=score))
+    torch.manual_seed(0)
+    return build_model(config)
+
+
+def test_sentence_score_is_the_bilinear_term_by_hand():
+    from ssa_rvos.modeling.video_decoder import SentenceScore
+
+    torch.manual_seed(3)
+    head = SentenceScore(8)
+    torch.nn.init.normal_(head.text.weight)
+    logits, normed, sentences = torch.randn(2, 3, 4, 2), torch.randn(2, 3, 4, 8), torch.randn(3, 5, 8)
+    out = head(logits, normed, sentences)
+    for layer in range(2):
+        for b in range(3):
+            s = head.text.weight @ sentences[b].mean(0)
+            for n in range(4):
+                term = (head.query.weight @ normed[layer, b, n]) @ s / 8 ** 0.5
+                torch.testing.assert_close(out[layer, b, n], logits[layer, b, n] + torch.stack([term, term.new_zeros(())]))
+
+
+def test_sentence_score_starts_as_the_paper_model_and_trains():
+    """Ws starts at 0: every output is the paper's SSA with the same weights. Once it is not zero, only the
+    video foreground logits change (the term by hand: the test above); both projections get gradients."""
+    frames = _frames(2, 3)
+    plain = _score_model(score=False).eval()
+    model = _score_model(score=True).eval()
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["video_decoder.sentence_score.query.weight", "video_decoder.sentence_score.text.weight"]
+    with torch.no_grad():
+        a, b = plain(frames, TEXTS), model(frames, TEXTS)
+        torch.testing.assert_close(a.video_logits, b.video_logits)
+        model.video_decoder.sentence_score.text.weight.normal_(0, 0.5)
+        c = model(frames, TEXTS)
+    assert torch.equal(a.frame_masks, c.frame_masks) and torch.equal(a.video_mask_embed, c.video_mask_embed)
+    torch.testing.assert_close(c.video_logits[..., 1], a.video_logits[..., 1])
+    assert not torch.allclose(c.video_logits[..., 0], a.video_logits[..., 0], atol=1e-3)
+    fresh = _score_model(score=True).train()
+    fresh(frames, TEXTS).video_logits.float().square().mean().backward()
+    assert fresh.video_decoder.sentence_score.text.weight.grad.abs().sum() > 0  # the zero start is not a dead end
+    model.train()
+    model(frames, TEXTS).video_logits.float().square().mean().backward()
+    assert model.video_decoder.sentence_score.query.weight.grad.abs().sum() > 0
+
+
+def test_sentence_score_config_switch_and_old_configs():
+    from ssa_rvos.modeling.config import SSAConfig
+    from ssa_rvos.training.config import load_config
+
+    data = model_config("ssa_tiny_shallow").to_dict()
+    del data["video_decoder"]["sentence_score"]
+    assert build_model(SSAConfig.from_dict(data)).video_decoder.sentence_score is None
+    vd = load_config("synthref_motionscore", ["model.clip_weights=null"]).model.ssa_config().video_decoder
+    assert vd.sentence_score and vd.motion_embedding and vd.displacement_head
+    assert not load_config("synthref_motionaux", ["model.clip_weights=null"]).model.ssa_config().video_decoder.sentence_score
