@@ -170,31 +170,6 @@ def test_without_sequential_alignment_the_video_graph_matches(tmp_path):
         assert float(np.abs(o - r.numpy()).max()) <= ATOL
 
 
-def test_a_model_with_sentence_score_exports_its_video_graph(tmp_path):
-    """sentence_score (not in the paper) reads only the video queries and the sentence tokens the video
-    graph already takes: exported at 2 frames x 2 sentences, run at 3 x 1 and 1 x 3."""
-    from ssa_rvos import build_model, model_config
-
-    config = model_config("ssa_tiny")
-    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder, sentence_score=True))
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    torch.nn.init.normal_(model.video_decoder.sentence_score.text.weight, std=0.5)  # not the zero start
-    export_graph(model, "video", tmp_path / "video.onnx", example_inputs(model)["video"], optimize=False)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(tmp_path / "video.onnx"), session_options(1), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    for frames, sentences in [(3, 1), (1, 3)]:
-        inputs = example_inputs(model, frames=frames, sentences=sentences)["video"]
-        feeds = {n: x.numpy() for n, x in zip(["projected", "trajectory", "sentence_tokens"], inputs) if n in names}
-        ours = session.run(None, feeds)
-        with torch.no_grad():
-            ref = _WRAPPERS["video"](model)(*inputs)
-        for o, r in zip(ours, ref):
-            assert o.shape == tuple(r.shape) and float(np.abs(o - r.numpy()).max()) <= ATOL
-
-
 def test_a_model_with_motion_embedding_is_refused_in_one_line(tmp_path):
     """motion_embedding (not in the paper) feeds the video stage the frame masks' boxes, which the four
     graphs do not carry: the exporter refuses before writing anything."""

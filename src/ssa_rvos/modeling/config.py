@@ -96,11 +96,6 @@ class VideoDecoderConfig:
     # Not in the paper (issue 18): a linear head on every video query predicting its object's displacement
     # over the clip, for the auxiliary loss ``loss.video_motion_weight``; unused at inference.
     displacement_head: bool = False
-    # Not in the paper (issue 18): a bilinear term (query . W sentence) added to every video query's
-    # foreground logit, so that a score can compare what the query holds (its motion) with what the sentence
-    # says. The paper's video decoder reads the sentence only by cross-attention to the T per-frame sentence
-    # tokens, which gives nearly the same vector to every query. Starts at 0 (the paper's scores).
-    sentence_score: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ weights into one video query per trajectory (trajectory ensemble). A VITA-style 
 refines the video queries against the per-frame sentence tokens and all trajectory tokens.
 
 ``motion_embedding`` (not in the paper) adds to every aligned trajectory token an embedding of where its
-frame mask lies and how it moved (:class:`MotionEmbedding`); ``sentence_score`` (not in the paper) adds
-a bilinear query-sentence term to the foreground logit (:class:`SentenceScore`).
+frame mask lies and how it moved (:class:`MotionEmbedding`).
 """
 
 from __future__ import annotations
@@ -75,24 +74,6 @@ class MotionEmbedding(nn.Module):
         return self.mlp(x.to(self.mlp.layers[0].weight.dtype))
 
 
-class SentenceScore(nn.Module):
-    """``sentence_score`` (not in the paper): (Wq x_i) . (Ws s) / sqrt(C) for every video query x_i and the
-    clip's sentence s (the mean of its per-frame tokens), added to the foreground logit. Ws starts at 0,
-    so a new model scores as the paper's does."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(dim, dim, bias=False)
-        self.text = nn.Linear(dim, dim, bias=False)
-        nn.init.zeros_(self.text.weight)
-
-    def forward(self, logits: Tensor, normed: Tensor, sentences: Tensor) -> Tensor:
-        """logits (Lv, B, N, 2), normed (Lv, B, N, C) the normed video queries, sentences (B, T, C)."""
-        text = self.text(sentences.mean(1))  # (B, C)
-        term = torch.einsum("lbnc,bc->lbn", self.query(normed), text) * normed.shape[-1] ** -0.5
-        return torch.stack((logits[..., 0] + term, logits[..., 1]), dim=-1)
-
-
 class VideoDecoderLayer(nn.Module):
     def __init__(self, *, dim: int, heads: int, ffn_dim: int) -> None:
         super().__init__()
@@ -153,7 +134,6 @@ class VideoDecoder(nn.Module):
         nn.init.zeros_(self.mask_features.bias)
         self.motion = MotionEmbedding(dim) if config.motion_embedding else None
         self.displacement_head = nn.Linear(dim, 2) if config.displacement_head else None
-        self.sentence_score = SentenceScore(dim) if config.sentence_score else None
 
     def temporal_enhancement(self, x: Tensor) -> Tensor:
         """Eq. 7-8: x (B, T, N, C) aligned trajectories -> (B, T, N, C)."""
@@ -207,11 +187,8 @@ class VideoDecoder(nn.Module):
             x = layer(x, sentences=sentences, tokens=tokens, token_pos=token_pos, query_pos=query_pos)
             outputs.append(self.norm(x))
         normed = torch.stack(outputs)  # (Lv, B, N, C)
-        logits = self.class_head(normed)
-        if self.sentence_score is not None:
-            logits = self.sentence_score(logits, normed, sentences)
         return VideoDecoderOutput(
-            logits=logits,
+            logits=self.class_head(normed),
             mask_embed=self.mask_head(normed),
             sim_embed=self.sim_video(normed),
             frame_sim_embed=self.sim_frame(q),

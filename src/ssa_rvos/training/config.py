@@ -75,9 +75,6 @@ class ModelConfig:
     # Not in the paper: a head predicting each video query's displacement, trained by
     # loss.video_motion_weight (VideoDecoderConfig.displacement_head).
     displacement_head: bool = False
-    # Not in the paper: a bilinear query-sentence term in every video query's score
-    # (VideoDecoderConfig.sentence_score).
-    sentence_score: bool = False
 
     def ssa_config(self):
         """The network this section describes: the preset with the switches above applied."""
@@ -89,8 +86,7 @@ class ModelConfig:
             clip=dataclasses.replace(base.clip, train_text=self.train_text),
             video_decoder=dataclasses.replace(base.video_decoder, sequential_alignment=self.sequential_alignment,
                                               motion_embedding=self.motion_embedding,
-                                              displacement_head=self.displacement_head,
-                                              sentence_score=self.sentence_score))
+                                              displacement_head=self.displacement_head))
 
     def __post_init__(self) -> None:
         if self.preset not in list_models():
