@@ -401,6 +401,36 @@ def test_init_from_loads_what_fits_and_reports_the_rest(tmp_path, tiny_model):
     assert "frame_decoder.class_head.weight [81, 64] vs [2, 64]" in text and "some.other.thing" in text
 
 
+def test_init_from_takes_the_text_tower_only_when_it_trains(tmp_path):
+    """With model.train_text the CLIP's text tower is a trainable part: init_from takes it (a run started
+    from the bundled model keeps the text tower it was trained with); the image tower stays as made. With
+    the whole CLIP frozen, neither is taken."""
+    from ssa_rvos.checkpoint import save_model
+
+    base = ssa_tiny()
+    text_config = replace(base, clip=replace(base.clip, train_text=True))
+    torch.manual_seed(0)
+    source = build_model(text_config)
+    with torch.no_grad():
+        source.backbone.clip.token_embedding.weight.add_(1.0)
+        source.backbone.clip.visual.trunk.stem[0].weight.add_(1.0)
+    path = tmp_path / "init.safetensors"
+    save_model(source, path)
+    token, stem = "backbone.clip.token_embedding.weight", "backbone.clip.visual.trunk.stem.0.weight"
+    for config, text_taken in [(text_config, True), (base, False)]:
+        torch.manual_seed(1)
+        model = build_model(config)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        report = load_init_weights(model, path)
+        state = model.state_dict()
+        assert torch.equal(state[stem], before[stem]) and stem in report.skipped
+        assert torch.equal(state[token], source.state_dict()[token]) == text_taken
+        assert (token in report.loaded) == text_taken and (token in report.skipped) != text_taken
+        assert not report.missing and not report.unexpected and not report.mismatched
+        text_keys = {k for k in report.loaded if k.startswith("backbone.clip.")}
+        assert len(text_keys) == (len(model.backbone.text_parameters()) if text_taken else 0)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

@@ -131,8 +131,8 @@ def seed_step(seed: int, step: int, rank: int) -> None:
 class InitReport:
     """What ``model.init_from`` gave the model. loaded: our keys filled; mismatched: (our key, checkpoint
     shape, model shape); missing: our trainable-part keys the checkpoint did not fill; unexpected:
-    checkpoint keys with no counterpart here; skipped: the checkpoint's CLIP keys, never loaded
-    (CLIP stays as ``model.clip_weights`` made it)."""
+    checkpoint keys with no counterpart here; skipped: the checkpoint's keys of the frozen CLIP parts, never
+    loaded (they stay as ``model.clip_weights`` made them)."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
@@ -188,7 +188,8 @@ def load_init_weights(model: SSA, path: str | os.PathLike) -> InitReport:
     renamed by :func:`ssa_rvos.checkpoint.official_to_ours`); a ``module.`` prefix (DDP) is dropped.
     With the authors' COCO CLIP-Mask2Former checkpoint this fills the pixel decoder and most of the
     frame decoder (its class head and 100+ queries do not fit and stay random). The frozen CLIP is
-    never taken from it.
+    never taken from it; with ``model.train_text`` the text tower trains, so it is taken like the other
+    trainable parts (a run started from the bundled model keeps the text tower that model was trained with).
     """
     from ..releases import RELEASES
 
@@ -198,11 +199,16 @@ def load_init_weights(model: SSA, path: str | os.PathLike) -> InitReport:
 
         path = fetch(str(path))
     ours = model.state_dict()
+    trained_clip = {n for n, p in model.named_parameters() if n.startswith("backbone.clip.") and p.requires_grad}
+
+    def frozen_clip(name: str) -> bool:
+        return name.startswith("backbone.clip.") and name not in trained_clip
+
     take: dict[str, Tensor] = {}
     for key, value in _read_weights(Path(path)).items():
         key = key.removeprefix("module.")
         name = key if key in ours else official_to_ours(key)
-        if name is not None and name.startswith("backbone.clip."):
+        if name is not None and frozen_clip(name):
             report.skipped.append(key)
         elif name is None or name not in ours:
             report.unexpected.append(key)
@@ -211,7 +217,7 @@ def load_init_weights(model: SSA, path: str | os.PathLike) -> InitReport:
         else:
             take[name] = value
     report.loaded = sorted(take)
-    report.missing = sorted(k for k in ours if k not in take and not k.startswith("backbone.clip."))
+    report.missing = sorted(k for k in ours if k not in take and not frozen_clip(k))
     model.load_state_dict(take, strict=False)
     return report
 
