@@ -27,10 +27,19 @@ ignores it scores the same. Also reported: how often the selected set of queries
 with the sentence, how far the video scores move (mean |s_a - s_b| over the queries), and how often the
 top query is the same.
 
+``--calibration`` asks what a video score of 0.5 means. Trained with cross-entropy weighted [1, w] (w the
+no-object weight, 0.1 in every recipe), a query that is the matched one with probability p is best served
+by the score s = p / (p + w (1 - p)): s > 0.5 then means only p > w / (1 + w) (1/11 for w = 0.1). For every
+video query of every single-target expression it bins the scores and reports, per bin, the fraction of
+queries whose mask is right (J >= 0.5 against the target), the fraction that are the expression's best
+query with J >= 0.5 (one per expression at most: what the training's matching would pick, roughly), and
+the p the formula gives for those scores.
+
     python scripts/synthref_diagnose.py --data datasets/synthref_heldout --model ssa_tiny.synthref --videos 40
     python scripts/synthref_diagnose.py --data datasets/synthref --split valid_u --thresholds 0.3,0.7,0.9
     python scripts/synthref_diagnose.py --text
     python scripts/synthref_diagnose.py --data datasets/synthref_heldout --videos 40 --sensitivity
+    python scripts/synthref_diagnose.py --data datasets/synthref_heldout --videos 40 --calibration
 """
 
 from __future__ import annotations
@@ -123,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", action="store_true", help="only compare the CLIP features of one-word-apart sentences")
     p.add_argument("--sensitivity", action="store_true",
                    help="measure how much the outputs depend on the sentence (true vs another sentence of the video)")
+    p.add_argument("--calibration", action="store_true",
+                   help="bin the video scores: fraction of right queries against the weighted cross-entropy's optimum")
+    p.add_argument("--no-object-weight", type=float, default=0.1,
+                   help="the no-object weight of the training loss, for --calibration (default: %(default)s)")
     args = p.parse_args(argv)
+    if not 0 < args.no_object_weight <= 1:
+        p.error(f"--no-object-weight: expected a number in (0, 1], got {args.no_object_weight}")
     if not args.text and not args.data:
         p.error("--data is required (or --text)")
     try:
@@ -191,11 +206,57 @@ def sensitivity_report(model, dataset: MeViS, kinds: dict, args: argparse.Namesp
             print(f"| {group} | {len(r['J true'])} | {' | '.join(cells)} |")
 
 
+SCORE_BINS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+def calibration_report(model, dataset: MeViS, kinds: dict, args: argparse.Namespace) -> None:
+    """The ``--calibration`` table (see the module docstring): overall and on motion-only expressions."""
+    w = args.no_object_weight
+    rows: dict[str, list[tuple[float, bool, bool]]] = defaultdict(list)
+    for video in dataset.videos()[: args.videos]:
+        for expr in dataset.video_expressions(video):
+            kind = kinds[(video, expr.exp_id)]
+            if kind == "multi":  # no single query can be right
+                continue
+            clip, gt = _clip(dataset, model, expr, args.short_side)
+            out = model(clip, [expr.text])
+            scores = out.video_scores()[-1, 0].numpy()
+            masks, _, _ = query_masks(out.video_mask_embed[-1, -1, 0], out.video_mask_features[0],
+                                      padded_size=out.padded_size, image_size=out.image_size,
+                                      output_size=gt.shape[1:])
+            j = np.array([jaccard(gt, m).mean() for m in masks.numpy()])
+            best = (np.arange(len(j)) == j.argmax()) & (j >= 0.5)
+            for group in ("overall", kind):
+                rows[group].extend(zip(scores.tolist(), (j >= 0.5).tolist(), best.tolist()))
+    print(f"video score calibration; first {args.videos} videos of {args.data} {args.split}; every video query of "
+          f"the single-target expressions; 'mask right': J >= 0.5; 'best query': also the expression's best; "
+          f"'loss optimum': p = w s / (w s + 1 - s), "
+          f"w = {w:g}")
+    print("| kind | scores | queries | mask right | best query | loss optimum |")
+    print("|---|---|---|---|---|---|")
+    for group in ("overall", "motion"):
+        if group not in rows:
+            continue
+        s = np.array([r[0] for r in rows[group]])
+        ok = np.array([r[1] for r in rows[group]])
+        best = np.array([r[2] for r in rows[group]])
+        for k, (lo, hi) in enumerate(zip(SCORE_BINS[:-1], SCORE_BINS[1:])):
+            inside = (s >= lo) & ((s < hi) if k < len(SCORE_BINS) - 2 else (s <= hi))
+            if inside.any():
+                p = (w * s[inside] / (w * s[inside] + 1 - s[inside])).mean()
+                print(f"| {group} | {lo:g}-{hi:g} | {int(inside.sum())} | {ok[inside].mean():.3f} | "
+                      f"{best[inside].mean():.3f} | {p:.3f} |")
+
+
 def _run(args: argparse.Namespace, thresholds: tuple[float, ...]) -> int:
     model = load_pretrained(args.model, device="cpu").eval()
     if args.text:
         with torch.inference_mode():
             text_report(model)
+        return 0
+    if args.calibration:
+        with torch.inference_mode():
+            calibration_report(model, MeViS(args.data, args.split), expression_kinds(args.data, args.split), args)
         return 0
     if args.sensitivity:
         with torch.inference_mode():

@@ -85,15 +85,44 @@ def test_quick_start_command_segments_the_demo(tmp_path, capsys):
     assert len(ious) == 8 and np.mean(ious) >= DEMO_FLOOR, ious
 
 
-def test_diagnose_script_scores_agree(sample, capsys):
-    """scripts/synthref_diagnose.py: its columns obey their definitions on the default model (the oracle
-    ``best query`` is never below ``top1``; ``union@0.5`` is the protocol's ``union``), and a bad
-    ``--thresholds`` is refused."""
+def _diagnose_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("synthref_diagnose", REPO / "scripts" / "synthref_diagnose.py")
     diagnose = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(diagnose)
+    return diagnose
+
+
+def test_diagnose_calibration_counts_every_query_once(sample, capsys):
+    """``--calibration``: every video query of every single-target expression falls in exactly one score
+    bin; a best query is also a right mask; the loss optimum rises with the score and is the formula's;
+    a no-object weight outside (0, 1] is refused."""
+    diagnose = _diagnose_module()
+    assert diagnose.main(["--data", str(sample), "--videos", "2", "--calibration", "--threads", "1"]) == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| overall")]
+    dataset, kinds = MeViS(sample, "valid_u"), expression_kinds(sample, "valid_u")
+    single = sum(kinds[(v, e.exp_id)] != "multi" for v in dataset.videos()[:2] for e in dataset.video_expressions(v))
+    model_queries = load_pretrained().config.num_queries
+    assert single >= 3 and sum(int(r[2]) for r in rows) == single * model_queries
+    for _, _, n, right, best, optimum in rows:
+        assert 0 <= float(best) <= float(right) <= 1
+    optima = [float(r[5]) for r in rows]
+    assert optima == sorted(optima) and 0 <= optima[0] and optima[-1] <= 1
+    low, high = (float(x) for x in rows[-1][1].split("-"))
+    # the optimum of the weighted cross-entropy at the bin's edges bounds the bin's mean
+    assert 0.1 * low / (0.1 * low + 1 - low) - 1e-3 <= optima[-1] <= 0.1 * high / (0.1 * high + 1 - high) + 1e-3
+    with pytest.raises(SystemExit):
+        diagnose.main(["--data", str(sample), "--calibration", "--no-object-weight", "0"])
+    assert "--no-object-weight" in capsys.readouterr().err
+
+
+def test_diagnose_script_scores_agree(sample, capsys):
+    """scripts/synthref_diagnose.py: its columns obey their definitions on the default model (the oracle
+    ``best query`` is never below ``top1``; ``union@0.5`` is the protocol's ``union``), and a bad
+    ``--thresholds`` is refused."""
+    diagnose = _diagnose_module()
     assert diagnose.main(["--data", str(sample), "--videos", "2", "--thresholds", "0.5,0.9", "--threads", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
