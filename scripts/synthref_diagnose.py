@@ -230,8 +230,7 @@ def calibration_report(model, dataset: MeViS, kinds: dict, args: argparse.Namesp
                 rows[group].extend(zip(scores.tolist(), (j >= 0.5).tolist(), best.tolist()))
     print(f"video score calibration; first {args.videos} videos of {args.data} {args.split}; every video query of "
           f"the single-target expressions; 'mask right': J >= 0.5; 'best query': also the expression's best; "
-          f"'loss optimum': p = w s / (w s + 1 - s), "
-          f"w = {w:g}")
+          f"'loss optimum': p = w s / (w s + 1 - s), w = {w:g}")
     print("| kind | scores | queries | mask right | best query | loss optimum |")
     print("|---|---|---|---|---|---|")
     for group in ("overall", "motion"):

@@ -106,8 +106,8 @@ def test_diagnose_calibration_counts_every_query_once(sample, capsys):
     single = sum(kinds[(v, e.exp_id)] != "multi" for v in dataset.videos()[:2] for e in dataset.video_expressions(v))
     model_queries = load_pretrained().config.num_queries
     assert single >= 3 and sum(int(r[2]) for r in rows) == single * model_queries
-    for _, _, n, right, best, optimum in rows:
-        assert 0 <= float(best) <= float(right) <= 1
+    for row in rows:  # kind, scores, queries, mask right, best query, loss optimum
+        assert 0 <= float(row[4]) <= float(row[3]) <= 1
     optima = [float(r[5]) for r in rows]
     assert optima == sorted(optima) and 0 <= optima[0] and optima[-1] <= 1
     low, high = (float(x) for x in rows[-1][1].split("-"))
