@@ -206,7 +206,7 @@ def export_onnx(model, out_dir: str | os.PathLike, *, optimize: bool = True, pro
     earlier export (it is then replaced as a whole, in one step). optimize: see :func:`export_graph`."""
     from tqdm import tqdm
 
-    if getattr(model.video_decoder, "motion", None) is not None:
+    if model.video_decoder.motion is not None:
         raise ValueError("ONNX export does not support a video decoder with motion_embedding (not in the paper): "
                          "export a model without it")
     out_dir = Path(out_dir)

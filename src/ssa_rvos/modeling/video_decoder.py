@@ -24,9 +24,14 @@ from .trajectory import apply_permutation, match_trajectories
 
 def mask_box(masks: Tensor) -> Tensor:
     """(..., 4) centre x, centre y, spread x, spread y of soft masks (..., h, w) given as logits: the
-    sigmoid-weighted mean and standard deviation of the cell centres, as fractions of the map's width and
-    height. A mask of total weight under 1e-6 (cells) gets the map's centre and zero spread."""
-    p = masks.float().sigmoid()
+    :func:`weighted_box` of their sigmoid."""
+    return weighted_box(masks.float().sigmoid())
+
+
+def weighted_box(p: Tensor) -> Tensor:
+    """(..., 4) centre x, centre y, spread x, spread y of non-negative weights (..., h, w): the weighted mean
+    and standard deviation of the cell centres, as fractions of the map's width and height. Weights of
+    total under 1e-6 get the map's centre and zero spread."""
     h, w = p.shape[-2:]
     ys = (torch.arange(h, device=p.device, dtype=p.dtype) + 0.5) / h
     xs = (torch.arange(w, device=p.device, dtype=p.dtype) + 0.5) / w

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..configs import from_dict
 from ..modeling.trajectory import apply_permutation
+from ..modeling.video_decoder import weighted_box
 from .matcher import FrameAssignment, FrameMatcher, VideoAssignment, VideoMatcher, point_sample
 
 if TYPE_CHECKING:
@@ -221,13 +222,8 @@ def object_displacement(masks: Tensor) -> Tensor:
     visible in to the last, as a fraction of the width and height, times 4 (the scale of
     ``ssa_rvos.modeling.video_decoder.motion_features``). 0 for an object visible in fewer than two frames."""
     m = masks.float()
-    H, W = m.shape[-2:]
-    xs = (torch.arange(W, device=m.device, dtype=m.dtype) + 0.5) / W
-    ys = (torch.arange(H, device=m.device, dtype=m.dtype) + 0.5) / H
-    area = m.sum((-2, -1))  # (n, T)
-    visible = area > 0
-    safe = area.clamp_min(1)
-    centre = torch.stack(((m.sum(-2) * xs).sum(-1) / safe, (m.sum(-1) * ys).sum(-1) / safe), -1)  # (n, T, 2)
+    visible = m.sum((-2, -1)) > 0  # (n, T)
+    centre = weighted_box(m)[..., :2]  # (n, T, 2)
     T = m.shape[1]
     index = torch.arange(T, device=m.device).expand_as(visible)
     first = torch.where(visible, index, T).amin(1).clamp_max(T - 1)
