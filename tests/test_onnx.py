@@ -170,17 +170,51 @@ def test_without_sequential_alignment_the_video_graph_matches(tmp_path):
         assert float(np.abs(o - r.numpy()).max()) <= ATOL
 
 
-def test_a_model_with_motion_embedding_is_refused_in_one_line(tmp_path):
-    """motion_embedding (not in the paper) feeds the video stage the frame masks' boxes, which the four
-    graphs do not carry: the exporter refuses before writing anything."""
-    from ssa_rvos import build_model, model_config
+@pytest.mark.slow
+def test_with_motion_embedding_the_boxes_go_through_the_graphs(tmp_path):
+    """motion_embedding (not in the paper) feeds the video stage the boxes of the frame masks: the frame
+    decoder graph returns them (those of SSA.forward_frames) and the video graph reads them (its logits move
+    with them), both as PyTorch at sizes other than the export's."""
+    import onnxruntime as ort
 
-    config = model_config("ssa_tiny")
+    from ssa_rvos import build_model, model_config
+    from ssa_rvos.modeling.clip_backbone import TextFeatures
+
+    config = model_config("ssa_tiny_shallow")
     config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder,
                                                                              motion_embedding=True))
-    with pytest.raises(ValueError, match="motion_embedding"):
-        export_onnx(build_model(config), tmp_path / "export")
-    assert not (tmp_path / "export").exists()
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    torch.nn.init.normal_(model.video_decoder.motion.mlp.layers[-1].weight, std=0.5)  # zero-initialised
+    sessions = {}
+    for name in ("frame_decoder", "video"):
+        export_graph(model, name, tmp_path / f"{name}.onnx", example_inputs(model)[name], optimize=False)
+        sessions[name] = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), session_options(1),
+                                              providers=["CPUExecutionProvider"])
+    assert [o.name for o in sessions["frame_decoder"].get_outputs()] == ["queries", "boxes"]
+    assert [i.name for i in sessions["video"].get_inputs()] == ["projected", "trajectory", "sentence_tokens", "boxes"]
+
+    inputs = example_inputs(model, frames=3, sentences=1, size=(96, 128))
+    queries, boxes = sessions["frame_decoder"].run(None, dict(zip(["multi_scale0", "multi_scale1", "multi_scale2",
+                                                                    "mask_features", "sentence_tokens"],
+                                                                   (x.numpy() for x in inputs["frame_decoder"]))))
+    images, words, word_mask, clip_sentence, sentence = inputs["pixel"]
+    with torch.no_grad():
+        fs = model.forward_frames(images, TextFeatures(tokens=word_mask, words=words, word_mask=word_mask,
+                                                       sentence=clip_sentence), sentence=sentence)
+    assert boxes.shape == (3, config.num_queries, 4)
+    assert float(np.abs(boxes - fs.boxes[-1].numpy()).max()) <= ATOL
+    assert float(np.abs(queries - fs.queries[-1].numpy()).max()) <= ATOL
+
+    names = ["projected", "trajectory", "sentence_tokens", "boxes"]
+    video = inputs["video"]
+    with torch.no_grad():
+        ref = _WRAPPERS["video"](model)(*video)
+        moved = _WRAPPERS["video"](model)(*video[:3], video[3].flip(1))  # the same boxes, time reversed
+    ours = sessions["video"].run(None, {n: x.numpy() for n, x in zip(names, video)})
+    for o, r in zip(ours, ref):
+        assert float(np.abs(o - r.numpy()).max()) <= ATOL
+    assert float((moved[0] - ref[0]).abs().max()) > 100 * ATOL  # the boxes matter to the result
 
 
 # ------------------------------------------------------------------------------------------------- errors

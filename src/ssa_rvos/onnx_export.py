@@ -12,14 +12,16 @@ pixel          images (n, 3, H, W), words, word_mask,         multi_scale0..2 (n
                clip_sentence (n, Ct), sentence (n, C)         mask_features, video_mask_features
                                                               (n, Cm, H/4, W/4), sentence_tokens (n, 1, C):
                                                               backbone with adapters, pixel decoder
-frame_decoder  multi_scale0..2, mask_features,                queries (n, N, C): the last layer's
-               sentence_tokens
+frame_decoder  multi_scale0..2, mask_features,                queries (n, N, C): the last layer's;
+               sentence_tokens                                boxes (n, N, 4): its masks' ``mask_box``
 video_proj     frame_queries (B, T, N, C)                     projected (B, T, N, C)
 video          projected, trajectory (B, T, N) int64,         logits (B, N, 2), mask_embed (B, N, Cm): the
-               sentence_tokens (B, T, C)                      last video-decoder layer
+               sentence_tokens (B, T, C), boxes (B, T, N, 4)  last video-decoder layer
 mask_head      embed (Q, Cm), features (T, Cm, h, w)          logits (Q, T, h, w) at stride 4
 ============== ============================================== ==================================================
 
+The boxes exist only for a model with ``motion_embedding`` (not in the paper; the video stage reads where
+each frame mask lies): without it the frame decoder has one output and the video graph three inputs.
 The engine's first pass runs ``pixel`` then ``frame_decoder`` on each chunk of frames, its second pass
 ``pixel`` alone (the mask features), so the largest graph is exported once.
 The Hungarian trajectory matching between ``video_proj`` and ``video`` stays in Python (scipy), as in
@@ -42,6 +44,7 @@ from torch import Tensor, nn
 
 from .fileio import atomic_dir, atomic_write_text
 from .modeling.clip_backbone import TextFeatures
+from .modeling.video_decoder import mask_box
 
 MANIFEST = "ssa_onnx.json"
 FORMAT = "ssa-rvos-onnx/1"
@@ -79,13 +82,21 @@ class _Pixel(nn.Module):
         return (*pix.multi_scale, pix.mask_features, self.model.video_decoder.mask_features(pix.fpn), pix.sentence)
 
 
+def has_motion(model) -> bool:
+    """Whether the model's video stage reads the frame masks' boxes (``motion_embedding``)."""
+    return model.video_decoder.motion is not None
+
+
 class _FrameDecoder(nn.Module):
     def __init__(self, model) -> None:
         super().__init__()
         self.decoder = model.frame_decoder
+        self.boxes = has_motion(model)
 
     def forward(self, ms0, ms1, ms2, mask_features, sentence_tokens):
         out = self.decoder(multi_scale=[ms0, ms1, ms2], mask_features=mask_features, sentence=sentence_tokens)
+        if self.boxes:  # as SSA.forward_frames: the boxes of the last layer's masks
+            return out.queries[-1], mask_box(out.masks[-1])
         return out.queries[-1]
 
 
@@ -103,8 +114,8 @@ class _Video(nn.Module):
         super().__init__()
         self.video = model.video_decoder
 
-    def forward(self, projected: Tensor, trajectory: Tensor, sentence_tokens: Tensor):
-        out = self.video.decode(projected, trajectory, sentence_tokens)
+    def forward(self, projected: Tensor, trajectory: Tensor, sentence_tokens: Tensor, boxes: Tensor | None = None):
+        out = self.video.decode(projected, trajectory, sentence_tokens, boxes)
         return out.logits[-1], out.mask_embed[-1]
 
 
@@ -119,7 +130,8 @@ class _MaskHead(nn.Module):
 
 def example_inputs(model, *, frames: int = 2, sentences: int = 2, size: tuple[int, int] = (64, 96)) -> dict:
     """Inputs of every graph for ``sentences`` sentences on ``frames`` frames of ``size`` (padded): real
-    text features, random images; the frame decoder's from the pixel stage on those images."""
+    text features, random images; the frame decoder's from the pixel stage on those images; the video
+    graph's boxes (with ``motion_embedding``) random centres and spreads in [0, 1) and [0, 0.25)."""
     cfg = model.config
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -133,30 +145,35 @@ def example_inputs(model, *, frames: int = 2, sentences: int = 2, size: tuple[in
         C, N = cfg.hidden_dim, cfg.num_queries
         Cm = model.video_decoder.mask_features.out_channels
         h, w = size[0] // 4, size[1] // 4
+        video = (torch.randn(sentences, frames, N, C, generator=g),
+                 torch.stack([torch.randperm(N, generator=g) for _ in range(sentences * frames)]).view(
+                     sentences, frames, N),
+                 torch.randn(sentences, frames, C, generator=g))
+        if has_motion(model):
+            boxes = torch.rand(sentences, frames, N, 4, generator=g) * torch.tensor([1.0, 1.0, 0.25, 0.25])
+            video = (*video, boxes)
         return {
             "text": (text.tokens,),
             "sentence_proj": (text.sentence,),
             "pixel": pixel,
             "frame_decoder": (ms0, ms1, ms2, mask_features, tokens),
             "video_proj": (torch.randn(sentences, frames, N, C, generator=g),),
-            "video": (torch.randn(sentences, frames, N, C, generator=g),
-                      torch.stack([torch.randperm(N, generator=g) for _ in range(sentences * frames)]).view(
-                          sentences, frames, N),
-                      torch.randn(sentences, frames, C, generator=g)),
+            "video": video,
             "mask_head": (torch.randn(3, Cm, generator=g), torch.randn(frames, Cm, h, w, generator=g)),
         }
 
 
-GRAPH_IO = {  # graph -> (input names, output names), the order of the wrappers' arguments and results
+GRAPH_IO = {  # graph -> (input names, output names), the order of the wrappers' arguments and results; the
+    # boxes (the frame decoder's second output, the video graph's fourth input) with motion_embedding only
     "text": (["tokens"], ["words", "word_mask", "sentence"]),
     "sentence_proj": (["sentence"], ["projected"]),
     "pixel": (["images", "words", "word_mask", "clip_sentence", "sentence"],
               ["multi_scale0", "multi_scale1", "multi_scale2", "mask_features", "video_mask_features",
                "sentence_tokens"]),
     "frame_decoder": (["multi_scale0", "multi_scale1", "multi_scale2", "mask_features", "sentence_tokens"],
-                      ["queries"]),
+                      ["queries", "boxes"]),
     "video_proj": (["frame_queries"], ["projected"]),
-    "video": (["projected", "trajectory", "sentence_tokens"], ["logits", "mask_embed"]),
+    "video": (["projected", "trajectory", "sentence_tokens", "boxes"], ["logits", "mask_embed"]),
     "mask_head": (["embed", "features"], ["logits"]),
 }
 
@@ -180,7 +197,7 @@ def _dynamic_shapes(name: str, divisibility: int):
         "pixel": ({0: n, 2: divisibility * hs, 3: divisibility * ws}, {0: n}, {0: n}, {0: n}, {0: n}),
         "frame_decoder": (level(1), level(2), level(4), level(8), {0: n}),
         "video_proj": ({0: b, 1: t},),
-        "video": ({0: b, 1: t}, {0: b, 1: t}, {0: b, 1: t}),
+        "video": ({0: b, 1: t}, {0: b, 1: t}, {0: b, 1: t}, {0: b, 1: t}),
         "mask_head": ({0: q}, {0: t, 2: h4, 3: w4}),
     }[name]
 
@@ -192,11 +209,13 @@ def export_graph(model, name: str, path: str | os.PathLike, inputs: tuple, *, op
 
     wrapper = _WRAPPERS[name](model).eval()
     input_names, output_names = GRAPH_IO[name]
+    if not has_motion(model):  # no boxes in or out
+        input_names, output_names = [n for n in input_names if n != "boxes"], [n for n in output_names if n != "boxes"]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(wrapper, inputs, dynamo=True, opset_version=OPSET, input_names=input_names,
                                     output_names=output_names, verbose=False, report=False, optimize=optimize,
-                                    dynamic_shapes=_dynamic_shapes(name, model.config.size_divisibility))
+                                    dynamic_shapes=_dynamic_shapes(name, model.config.size_divisibility)[:len(inputs)])
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -206,9 +225,6 @@ def export_onnx(model, out_dir: str | os.PathLike, *, optimize: bool = True, pro
     earlier export (it is then replaced as a whole, in one step). optimize: see :func:`export_graph`."""
     from tqdm import tqdm
 
-    if model.video_decoder.motion is not None:
-        raise ValueError("ONNX export does not support a video decoder with motion_embedding (not in the paper): "
-                         "export a model without it")
     out_dir = Path(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():

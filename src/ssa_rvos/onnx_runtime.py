@@ -36,7 +36,7 @@ class _FrameStage:
     queries: Tensor  # (1, n, N, C): the last frame-decoder layer
     sentence: Tensor  # (n, C)
     video_mask_features: Tensor  # (n, Cm, H/4, W/4)
-    boxes: None = None  # no motion_embedding here: the export refuses such a model
+    boxes: Tensor | None = None  # (1, n, N, 4) the last layer's mask boxes, with motion_embedding only
 
 
 @dataclass
@@ -181,22 +181,29 @@ class OnnxSSA:
 
     def forward_frames(self, images: Tensor, text: TextFeatures, *, sentence: Tensor | None = None) -> _FrameStage:
         ms0, ms1, ms2, mask_features, video_mask_features, tokens = self._pixels(images, text, sentence)
-        queries = self._run("frame_decoder", ms0, ms1, ms2, mask_features, tokens)[0]
-        return _FrameStage(queries=queries[None], sentence=tokens[:, 0], video_mask_features=video_mask_features)
+        queries, *boxes = self._run("frame_decoder", ms0, ms1, ms2, mask_features, tokens)
+        return _FrameStage(queries=queries[None], sentence=tokens[:, 0], video_mask_features=video_mask_features,
+                           boxes=boxes[0][None] if boxes else None)
 
     def forward_mask_features(self, images: Tensor, text: TextFeatures, *, sentence: Tensor | None = None) -> Tensor:
         return self._pixels(images, text, sentence)[4]
 
-    def forward_video(self, frame_queries: Tensor, sentence_tokens: Tensor) -> _VideoStage:
-        """frame_queries (K, B, T, N, C), sentence_tokens (B, T, C), as :meth:`ssa_rvos.modeling.SSA.forward_video`;
-        only the last video-decoder layer's logits and mask embeddings."""
+    def forward_video(self, frame_queries: Tensor, sentence_tokens: Tensor, boxes: Tensor | None = None) -> _VideoStage:
+        """frame_queries (K, B, T, N, C), sentence_tokens (B, T, C), boxes (K, B, T, N, 4) (with
+        ``motion_embedding`` only), as :meth:`ssa_rvos.modeling.SSA.forward_video`; only the last
+        video-decoder layer's logits and mask embeddings."""
         K, B, T, N = frame_queries.shape[:4]
+        motion = "boxes" in self._inputs["video"]
+        if motion and boxes is None:
+            raise ValueError(f"{self.folder}: this model has motion_embedding: its video stage needs the frame "
+                             "masks' boxes")
         projected = self._run("video_proj", frame_queries.flatten(0, 1))[0]
         if self.config.video_decoder.sequential_alignment:
             trajectory = match_trajectories(projected)
         else:
             trajectory = torch.arange(N).expand(K * B, T, N)
-        logits, embed = self._run("video", projected, trajectory, sentence_tokens.repeat(K, 1, 1))
+        extra = (boxes.flatten(0, 1),) if motion else ()
+        logits, embed = self._run("video", projected, trajectory, sentence_tokens.repeat(K, 1, 1), *extra)
         return _VideoStage(logits=logits.unflatten(0, (K, B))[None], mask_embed=embed.unflatten(0, (K, B))[None])
 
     def mask_logits(self, embed: Tensor, features: Tensor) -> Tensor:
