@@ -104,62 +104,99 @@ def _run_pipeline(tmp_path, *args, **env):
 
 @pytest.mark.slow
 def test_train_synthref_script_runs_end_to_end_and_resumes(tmp_path):
-    """The shipped model's one command, scaled down: data, CLIP, the model and both ablations, the fp16
-    export and the table; run again after losing a checkpoint, it trains only that step again (to the same
-    weights) and keeps everything else."""
-    done = _run_pipeline(tmp_path)
+    """The shipped model's one command, scaled down, with the CPU candidate's recipe and one extra cycle
+    (RECIPE=synthref_motionaux CYCLES=1): data, CLIP, the model and both ablations, each a first run and a
+    second learning-rate cycle started from its weights, the fp16 export and the table; run again after
+    losing a checkpoint, it trains only that step again (to the same weights) and keeps everything else;
+    with ABLATIONS=0 the table holds SSA alone. (The default recipe, synthref_text with no cycle, differs
+    only in the recipe's name and the count.)"""
+    candidate = {"RECIPE": "synthref_motionaux", "CYCLES": "1"}
+    done = _run_pipeline(tmp_path, **candidate)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = tmp_path / "runs"
     for run, switch in (("synthref", None), ("synthref_no_adapters", ("use_adapters", False)),
                         ("synthref_no_alignment", ("sequential_alignment", False))):
-        assert (runs / run / "checkpoints" / "latest").read_text().strip() == "step_0000002", run
-        config = load_config(runs / run / "config.yaml")
-        assert config.model.preset == "ssa_tiny_shallow" and config.optim.max_steps == 2, run
-        if switch:
-            assert getattr(config.model, switch[0]) is switch[1], run
+        for stage, seed, init_from in ((run, 0, None),
+                                       (f"{run}_cycle2", 2, runs / run / "checkpoints" / "step_0000002")):
+            assert (runs / stage / "checkpoints" / "latest").read_text().strip() == "step_0000002", stage
+            config = load_config(runs / stage / "config.yaml")
+            assert config.model.preset == "ssa_tiny_shallow" and config.optim.max_steps == 2, stage
+            assert config.model.motion_embedding and config.model.displacement_head and config.model.train_text
+            assert config.loss.video_motion_weight == 2.0 and config.seed == seed, stage
+            if init_from is None:
+                assert not config.model.init_from, stage
+            else:  # the cycle starts from the weights of the run before it, text tower included
+                assert Path(config.model.init_from) == init_from / "model.safetensors", stage
+                report = json.loads((runs / stage / "init_report.json").read_text())
+                assert not report["missing"] and any(k.startswith("backbone.clip.") for k in report["loaded"]), stage
+            if switch:
+                assert getattr(config.model, switch[0]) is switch[1], stage
     table = json.loads((runs / "synthref_table" / "table.json").read_text())
     assert list(table["results"]) == ["SSA", "w/o adapters", "w/o sequential alignment"]
     assert set(table["intervals"]["differences"]) == {"w/o adapters", "w/o sequential alignment"}
-    exported = load_model(tmp_path / "exported.safetensors")
-    assert exported.config == load_model(runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").config
+    exported = load_file(tmp_path / "exported.safetensors")
+    shipped = load_file(runs / "synthref_cycle2" / "checkpoints" / "step_0000002" / "model.safetensors")
+    assert exported.keys() == shipped.keys()
+    assert all(torch.equal(exported[k], shipped[k].half() if shipped[k].is_floating_point() else shipped[k])
+               for k in shipped)  # the last cycle's weights, in float16
 
     # An interruption: the last checkpoint of one run is lost; everything else is reused.
-    last = runs / "synthref_no_alignment" / "checkpoints"
+    last = runs / "synthref_no_alignment_cycle2" / "checkpoints"
     weights = load_file(last / "step_0000002" / "model.safetensors")
     clip = (runs / "synthref_clip" / "ssa_tiny_clip.safetensors").stat().st_mtime_ns
-    first_stage = (runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns
+    stages = {stage: (runs / stage / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns
+              for stage in ("synthref", "synthref_cycle2", "synthref_no_alignment")}
     shutil.rmtree(last / "step_0000002")
     (last / "latest").write_text("step_0000001")
-    again = _run_pipeline(tmp_path)
+    again = _run_pipeline(tmp_path, **candidate)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = load_file(last / "step_0000002" / "model.safetensors")
     assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
     assert (runs / "synthref_clip" / "ssa_tiny_clip.safetensors").stat().st_mtime_ns == clip
-    assert (runs / "synthref" / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns == first_stage
+    for stage, mtime in stages.items():
+        assert (runs / stage / "checkpoints" / "step_0000002" / "model.safetensors").stat().st_mtime_ns == mtime, stage
     assert "resumed from" in (runs / "synthref_no_alignment.log").read_text()
+
+    # ABLATIONS=0: SSA alone (here only its table)
+    alone = _run_pipeline(tmp_path, ABLATIONS="0", STEPS="table", **candidate)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert list(json.loads((runs / "synthref_table" / "table.json").read_text())["results"]) == ["SSA"]
 
 
 def test_train_synthref_script_refuses_bad_arguments(tmp_path):
-    for args, message in ((["--device", "tpu"], "--device must be cpu or cuda, got 'tpu'"),
-                          (["--epochs", "3"], "unknown argument '--epochs'"),
-                          (["--device", "cuda"], "--device cuda: torch sees no CUDA GPU here")):
-        done = _run_pipeline(tmp_path, *args, CUDA_VISIBLE_DEVICES="")
+    for args, env, message in ((["--device", "tpu"], {}, "--device must be cpu or cuda, got 'tpu'"),
+                               (["--epochs", "3"], {}, "unknown argument '--epochs'"),
+                               (["--device", "cuda"], {}, "--device cuda: torch sees no CUDA GPU here"),
+                               (["--device", "cuda"], {"CYCLES": "2"}, "RECIPE and CYCLES are for --device cpu"),
+                               ([], {"CYCLES": "two"}, "CYCLES must be a whole number, got 'two'")):
+        done = _run_pipeline(tmp_path, *args, CUDA_VISIBLE_DEVICES="", **env)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
 def test_gpu_recipe_is_the_cpu_recipe_scaled():
-    deep, cpu, gpu = load_config("synthref"), load_config("synthref_text"), load_config("synthref_gpu")
+    deep, cpu, gpu = load_config("synthref"), load_config("synthref_motionaux"), load_config("synthref_gpu")
     assert (gpu.device, gpu.amp, gpu.model.test_short_side) == ("cuda", "bf16", 192)
     assert gpu.loss.num_points == 4 * cpu.loss.num_points  # twice the side: masks at 48x48, not 24x24
-    assert gpu.batch_size * gpu.optim.max_steps >= 4 * cpu.batch_size * cpu.optim.max_steps
-    # the deeper preset (the paper's layer counts) with the CPU recipe's adapter learning rate
+    # the CPU candidate (RECIPE=synthref_motionaux CYCLES=2): the recipe, then two cycles of 2,000 steps
+    cpu_steps = cpu.optim.max_steps + 2 * 2000
+    assert cpu_steps == 8000 and gpu.batch_size * gpu.optim.max_steps >= 2 * cpu.batch_size * cpu_steps
+    # the deeper preset (the paper's layer counts) with the CPU recipe's adapter learning rate, trained text
+    # tower, motion embedding and displacement loss
     assert (gpu.model.preset, gpu.data.num_frames, gpu.data.augment) == (deep.model.preset, 8, False)
     assert gpu.optim.backbone_lr_multiplier == cpu.optim.backbone_lr_multiplier == 1.0
     assert gpu.model.train_text and cpu.model.train_text and not deep.model.train_text
-    # the CPU recipe is the shallow one with the text tower trained, nothing else
-    shallow = load_config("synthref_shallow", ["model.train_text=true", f"output_dir={cpu.output_dir}"])
+    for m in (gpu.model, cpu.model):
+        assert m.motion_embedding and m.displacement_head
+    assert gpu.loss.video_motion_weight == cpu.loss.video_motion_weight == 2.0
+    # the CPU recipe is the shallow one with the text tower trained and the two motion options, nothing else
+    shallow = load_config("synthref_shallow", ["model.train_text=true", "model.motion_embedding=true",
+                                               "model.displacement_head=true", "loss.video_motion_weight=2.0",
+                                               f"output_dir={cpu.output_dir}"])
     assert cpu.to_dict() == shallow.to_dict()
+    script = (SCRIPTS / "train_synthref.sh").read_text()
+    assert "RECIPE=synthref_motionaux CYCLES=2 bash scripts/train_synthref.sh" in script
+    assert 'CYCLE_ARGS=(optim.max_steps=2000 "optim.lr_steps=[1700]")' in script
 
 
 def test_gradnorms_script_splits_the_whole_gradient_into_parts(synthref_root, tmp_path, capsys):
