@@ -5,6 +5,7 @@ the errors of the folder, the command and the backend."""
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ pytest.importorskip("onnxruntime", reason="the [onnx] extra (CI installs it with
 pytest.importorskip("onnxscript", reason="the [onnx] extra (CI installs it with [dev])")
 
 from ssa_rvos.cli import main  # noqa: E402
-from ssa_rvos.onnx_export import GRAPHS, MANIFEST, _WRAPPERS, example_inputs, export_graph, export_onnx  # noqa: E402
+from ssa_rvos.onnx_export import GRAPH_IO, GRAPHS, MANIFEST, _WRAPPERS, example_inputs, export_graph, export_onnx  # noqa: E402
 from ssa_rvos.onnx_runtime import OnnxModelError, OnnxSSA, read_manifest, session_options  # noqa: E402
 from ssa_rvos.predictor import SSAPredictor  # noqa: E402
 
@@ -215,6 +216,68 @@ def test_with_motion_embedding_the_boxes_go_through_the_graphs(tmp_path):
     for o, r in zip(ours, ref):
         assert float(np.abs(o - r.numpy()).max()) <= ATOL
     assert float((moved[0] - ref[0]).abs().max()) > 100 * ATOL  # the boxes matter to the result
+
+
+class _TorchSession:
+    """An onnxruntime session's stand-in that runs the graph's PyTorch wrapper, recording what it is fed."""
+
+    def __init__(self, model, name: str) -> None:
+        self.wrapper = _WRAPPERS[name](model).eval()
+        self.names = [n for n in GRAPH_IO[name][0] if n != "boxes" or model.video_decoder.motion is not None]
+        self.feeds: list[set[str]] = []
+
+    def get_inputs(self):
+        return [SimpleNamespace(name=n) for n in self.names]
+
+    def run(self, _, feeds):
+        self.feeds.append(set(feeds))
+        with torch.no_grad():
+            return [o.numpy() for o in _outputs(self.wrapper(*(torch.from_numpy(feeds[n]) for n in self.names)))]
+
+
+def test_with_motion_embedding_the_backend_hands_the_boxes_to_the_video_stage():
+    """OnnxSSA's glue for motion_embedding, the graphs replaced by their PyTorch wrappers (the test above
+    checks the graphs against those): on the demo, one frame per frame-stage call, the boxes of every chunk
+    reach the video stage in order and the engine's results are PyTorch's. The model: the bundled weights
+    with a motion embedding whose last layer is random (it is zero-initialised), so the boxes change scores."""
+    from ssa_rvos import build_model
+    from ssa_rvos.pretrained import load_pretrained
+
+    bundled = load_pretrained(None).float().eval()
+    config = dataclasses.replace(bundled.config, video_decoder=dataclasses.replace(bundled.config.video_decoder,
+                                                                                   motion_embedding=True))
+    model = build_model(config).eval()
+    missing, unexpected = model.load_state_dict(bundled.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("video_decoder.motion.") for k in missing)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.nn.init.normal_(model.video_decoder.motion.mlp.layers[-1].weight, std=0.5)
+
+    backend = object.__new__(OnnxSSA)  # OnnxSSA without a folder: its sessions are the wrappers
+    backend.folder, backend.config, backend.context_length = Path("in-memory"), config, bundled.backbone.context_length
+    backend.tokenizer = bundled.backbone.tokenizer
+    backend.sessions = {name: _TorchSession(model, name) for name in GRAPHS}
+    backend._inputs = {name: s.names for name, s in backend.sessions.items()}
+    backend.pixel_mean = torch.tensor(config.pixel_mean).view(-1, 1, 1)
+    backend.pixel_std = torch.tensor(config.pixel_std).view(-1, 1, 1)
+
+    texts = _demo_texts()
+    video = str(REPO / "examples" / "demo.mp4")
+    ref_predictor, ours_predictor = SSAPredictor(model, frame_chunk=len(texts)), SSAPredictor(backend, frame_chunk=len(texts))
+    with ref_predictor.init_state(video) as a, ours_predictor.init_state(video) as b:
+        ref, ours = ref_predictor.segment(a, texts), ours_predictor.segment(b, texts)
+        plain = SSAPredictor(bundled, frame_chunk=len(texts))
+        with plain.init_state(video) as c:
+            without = plain.segment(c, texts)
+    assert len(backend.sessions["frame_decoder"].feeds) == 12  # one frame of every sentence per call
+    assert backend.sessions["video"].feeds and all("boxes" in f for f in backend.sessions["video"].feeds)
+    for r, o in zip(ref, ours):
+        assert np.array_equal(r.query_indices, o.query_indices) and np.array_equal(r.masks, o.masks), r.text
+        assert np.abs(np.asarray(r.scores) - np.asarray(o.scores)).max(initial=0) <= ATOL, r.text
+    assert sum(r.masks.any() for r in ref) >= 4  # something to compare
+    assert any(not np.array_equal(r.query_indices, w.query_indices) or
+               np.abs(np.asarray(r.scores) - np.asarray(w.scores)).max(initial=0) > 1e-3
+               for r, w in zip(ref, without))  # the motion embedding changed the answer
 
 
 # ------------------------------------------------------------------------------------------------- errors
