@@ -153,10 +153,11 @@ def test_without_sequential_alignment_the_video_graph_matches(tmp_path):
     from ssa_rvos import build_model, model_config
 
     config = model_config("ssa_tiny")
-    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder,
+    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder, layers=2,
                                                                              sequential_alignment=False))
-    torch.manual_seed(0)
-    model = build_model(config).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(config).eval()
     inputs = example_inputs(model)["video"]
     export_graph(model, "video", tmp_path / "video.onnx", inputs, optimize=True)
     import onnxruntime as ort
@@ -181,12 +182,14 @@ def test_with_motion_embedding_the_boxes_go_through_the_graphs(tmp_path):
     from ssa_rvos import build_model, model_config
     from ssa_rvos.modeling.clip_backbone import TextFeatures
 
-    config = model_config("ssa_tiny_shallow")
-    config = dataclasses.replace(config, video_decoder=dataclasses.replace(config.video_decoder,
-                                                                             motion_embedding=True))
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    torch.nn.init.normal_(model.video_decoder.motion.mlp.layers[-1].weight, std=0.5)  # zero-initialised
+    config = model_config("ssa_tiny_shallow")  # one decoder layer each: the graphs' loops repeat it
+    config = dataclasses.replace(config, frame_decoder=dataclasses.replace(config.frame_decoder, layers=1),
+                                 video_decoder=dataclasses.replace(config.video_decoder, layers=1,
+                                                                   motion_embedding=True))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(config).eval()
+        torch.nn.init.normal_(model.video_decoder.motion.mlp.layers[-1].weight, std=0.5)  # zero-initialised
     sessions = {}
     for name in ("frame_decoder", "video"):
         export_graph(model, name, tmp_path / f"{name}.onnx", example_inputs(model)[name], optimize=False)
