@@ -78,19 +78,22 @@ last_checkpoint() {  # the newest checkpoint folder of a run (of its last cycle)
 }
 
 train_model() {  # one model, cycle after cycle; --resume: each from its newest checkpoint if it has one
-  local out=$RUNS/$1 previous
-  # shellcheck disable=SC2086  # the switch is one word or none
-  ssa-rvos train "$RECIPE" data.datasets.0.root="$DATA" model.clip_weights="$CLIP" ${SWITCHES[$1]} \
-    output_dir="$out" "${TRAIN_ARGS[@]}" --resume >> "$RUNS/$1.log" 2>&1
-  # A cycle: the weights of the cycle before (the trained text tower included), a fresh optimizer and
-  # learning-rate schedule (CYCLE_ARGS: 2,000 steps, x0.1 at 1,700), the data drawn with another seed.
-  for ((cycle = 2; cycle <= CYCLES + 1; cycle++)); do
-    previous=$out/checkpoints/$(cat "$out/checkpoints/latest")
-    out=$RUNS/$1_cycle$cycle
-    # shellcheck disable=SC2086
+  local out previous stage
+  local -a stage_args
+  for ((stage = 1; stage <= CYCLES + 1; stage++)); do
+    if ((stage == 1)); then
+      out=$RUNS/$1
+      stage_args=()
+    else
+      # A cycle: the weights of the stage before (the trained text tower included), a fresh optimizer and
+      # learning-rate schedule (CYCLE_ARGS: 2,000 steps, x0.1 at 1,700), the data drawn with another seed.
+      previous=$out/checkpoints/$(cat "$out/checkpoints/latest")
+      out=$RUNS/$1_cycle$stage
+      stage_args=("${CYCLE_ARGS[@]}" model.init_from="$previous/model.safetensors" seed=$stage)
+    fi
+    # shellcheck disable=SC2086  # the switch is one word or none
     ssa-rvos train "$RECIPE" data.datasets.0.root="$DATA" model.clip_weights="$CLIP" ${SWITCHES[$1]} \
-      "${CYCLE_ARGS[@]}" model.init_from="$previous/model.safetensors" seed=$cycle output_dir="$out" \
-      "${TRAIN_ARGS[@]}" --resume >> "$RUNS/$1.log" 2>&1
+      "${stage_args[@]}" output_dir="$out" "${TRAIN_ARGS[@]}" --resume >> "$RUNS/$1.log" 2>&1
   done
 }
 

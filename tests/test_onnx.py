@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime", reason="the [onnx] extra (CI installs it with
 pytest.importorskip("onnxscript", reason="the [onnx] extra (CI installs it with [dev])")
 
 from ssa_rvos.cli import main  # noqa: E402
-from ssa_rvos.onnx_export import GRAPH_IO, GRAPHS, MANIFEST, _WRAPPERS, example_inputs, export_graph, export_onnx  # noqa: E402
+from ssa_rvos.onnx_export import GRAPHS, MANIFEST, _WRAPPERS, example_inputs, export_graph, export_onnx, graph_io  # noqa: E402
 from ssa_rvos.onnx_runtime import OnnxModelError, OnnxSSA, read_manifest, session_options  # noqa: E402
 from ssa_rvos.predictor import SSAPredictor  # noqa: E402
 
@@ -226,7 +226,7 @@ class _TorchSession:
 
     def __init__(self, model, name: str) -> None:
         self.wrapper = _WRAPPERS[name](model).eval()
-        self.names = [n for n in GRAPH_IO[name][0] if n != "boxes" or model.video_decoder.motion is not None]
+        self.names = graph_io(model, name)[0]
         self.feeds: list[set[str]] = []
 
     def get_inputs(self):

@@ -177,6 +177,16 @@ GRAPH_IO = {  # graph -> (input names, output names), the order of the wrappers'
     "mask_head": (["embed", "features"], ["logits"]),
 }
 
+
+def graph_io(model, name: str) -> tuple[list[str], list[str]]:
+    """The input and output names of graph ``name`` for ``model``: GRAPH_IO's, less the boxes unless the
+    model has ``motion_embedding``."""
+    inputs, outputs = GRAPH_IO[name]
+    if has_motion(model):
+        return list(inputs), list(outputs)
+    return [n for n in inputs if n != "boxes"], [n for n in outputs if n != "boxes"]
+
+
 _WRAPPERS = {"text": _Text, "sentence_proj": _SentenceProj, "pixel": _Pixel, "frame_decoder": _FrameDecoder,
              "video_proj": _VideoProj, "video": _Video, "mask_head": _MaskHead}
 
@@ -208,9 +218,7 @@ def export_graph(model, name: str, path: str | os.PathLike, inputs: tuple, *, op
     import onnx
 
     wrapper = _WRAPPERS[name](model).eval()
-    input_names, output_names = GRAPH_IO[name]
-    if not has_motion(model):  # no boxes in or out
-        input_names, output_names = [n for n in input_names if n != "boxes"], [n for n in output_names if n != "boxes"]
+    input_names, output_names = graph_io(model, name)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(wrapper, inputs, dynamo=True, opset_version=OPSET, input_names=input_names,
