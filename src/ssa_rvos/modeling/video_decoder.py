@@ -53,11 +53,12 @@ def motion_features(boxes: Tensor) -> Tensor:
     so that SynthRef's motions (a few pixels a frame) come out of order 1, linear in the positions."""
     centre, spread = boxes[..., :2], boxes[..., 2:]
     T = boxes.shape[1]
-    if T > 1:
-        step = centre[:, 1:] - centre[:, :-1]
-        step = torch.cat([step[:, :1], step], dim=1)
-    else:
-        step = torch.zeros_like(centre)
+    # the step into frame a from frame a - 1, with a = t clamped to [1, T - 1] (frame 0 takes frame 1's
+    # step; a single frame, a = 0, steps from itself): indices, not a branch on T, so that an exported
+    # graph (traced at one T) stays right at every T
+    now = torch.arange(T, device=boxes.device).clamp(min=1).clamp(max=T - 1)
+    before = (now - 1).clamp(min=0)
+    step = centre.index_select(1, now) - centre.index_select(1, before)
     shift = (centre[:, -1:] - centre[:, :1]).expand_as(centre)
     return torch.cat([(centre - 0.5) * 4, spread * 4, step * 16, shift * 4], dim=-1)
 
