@@ -3,14 +3,14 @@
 #
 #   bash scripts/train_synthref.sh                 # on the CPU: the shipped model (timings: docs/synthref.md)
 #   bash scripts/train_synthref.sh --device cuda   # on one GPU: 192x192 frames, bf16, the deeper ssa_tiny
-#   RECIPE=synthref_motionaux CYCLES=2 bash scripts/train_synthref.sh   # the CPU candidate: 8,000 steps
+#   RECIPE=synthref_text CYCLES=0 bash scripts/train_synthref.sh   # the model shipped before: 4,000 steps
 #
 # Run from the repository root after `pip install -e .`. Interrupted, the same command goes on where it
 # stopped: finished data and CLIP are kept, every training run resumes from its newest checkpoint.
 # STEPS=train skips making the data and the CLIP; STEPS=table only makes the table; ABLATIONS=0 trains
-# and tables SSA alone. RECIPE (on the CPU) trains another recipe, and CYCLES more learning-rate cycles
-# of 2,000 steps each after it, each from the weights of the one before (docs/synthref.md, "More
-# steps"). The GPU run writes under runs/gpu and datasets/*_192 and leaves the shipped file alone unless
+# and tables SSA alone. RECIPE (on the CPU) trains another recipe, and CYCLES learning-rate cycles of
+# 2,000 steps each after it (2 by default), each from the weights of the one before (docs/synthref.md,
+# "More steps"). The GPU run writes under runs/gpu and datasets/*_192 and leaves the shipped file alone unless
 # EXPORT names it. For a quick check of the whole pipeline, VIDEOS, VALID_VIDEOS, HELDOUT_VIDEOS,
 # CLIP_STEPS and TRAIN_ARGS (extra `ssa-rvos train` overrides for every run and cycle) scale it down.
 set -euo pipefail
@@ -39,8 +39,8 @@ case $DEVICE in
     RUNS=${RUNS:-runs}
     EXPORT=${EXPORT:-src/ssa_rvos/weights/ssa_tiny_synthref.safetensors}
     CLIP_ARGS=(--steps "${CLIP_STEPS:-1500}" --batch-size 128 --lr 1e-3 --image-size 96 --threads 2)
-    RECIPE=${RECIPE:-synthref_text}                # the CPU preset ssa_tiny_shallow, 4,000 steps, text tower trained
-    CYCLES=${CYCLES:-0}                            # more learning-rate cycles of 2,000 steps after it
+    RECIPE=${RECIPE:-synthref_motionaux}           # ssa_tiny_shallow, 4,000 steps, text tower, displacement loss
+    CYCLES=${CYCLES:-2}                            # then two learning-rate cycles of 2,000 steps: 8,000 in all
     CYCLE_ARGS=(optim.max_steps=2000 "optim.lr_steps=[1700]")
     ;;
   cuda)

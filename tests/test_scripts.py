@@ -104,13 +104,12 @@ def _run_pipeline(tmp_path, *args, **env):
 
 @pytest.mark.slow
 def test_train_synthref_script_runs_end_to_end_and_resumes(tmp_path):
-    """The shipped model's one command, scaled down, with the CPU candidate's recipe and one extra cycle
-    (RECIPE=synthref_motionaux CYCLES=1): data, CLIP, the model and both ablations, each a first run and a
-    second learning-rate cycle started from its weights, the fp16 export and the table; run again after
-    losing a checkpoint, it trains only that step again (to the same weights) and keeps everything else;
-    with ABLATIONS=0 the table holds SSA alone. (The default recipe, synthref_text with no cycle, differs
-    only in the recipe's name and the count.)"""
-    candidate = {"RECIPE": "synthref_motionaux", "CYCLES": "1"}
+    """The shipped model's one command, scaled down, with its recipe (synthref_motionaux, the default) and
+    one extra cycle instead of two (CYCLES=1): data, CLIP, the model and both ablations, each a first run
+    and a second learning-rate cycle started from its weights, the fp16 export and the table; run again
+    after losing a checkpoint, it trains only that step again (to the same weights) and keeps everything
+    else; with ABLATIONS=0 the table holds SSA alone."""
+    candidate = {"CYCLES": "1"}
     done = _run_pipeline(tmp_path, **candidate)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = tmp_path / "runs"
@@ -178,7 +177,7 @@ def test_gpu_recipe_is_the_cpu_recipe_scaled():
     deep, cpu, gpu = load_config("synthref"), load_config("synthref_motionaux"), load_config("synthref_gpu")
     assert (gpu.device, gpu.amp, gpu.model.test_short_side) == ("cuda", "bf16", 192)
     assert gpu.loss.num_points == 4 * cpu.loss.num_points  # twice the side: masks at 48x48, not 24x24
-    # the CPU candidate (RECIPE=synthref_motionaux CYCLES=2): the recipe, then two cycles of 2,000 steps
+    # the shipped CPU recipe (the script's defaults): synthref_motionaux, then two cycles of 2,000 steps
     cpu_steps = cpu.optim.max_steps + 2 * 2000
     assert cpu_steps == 8000 and gpu.batch_size * gpu.optim.max_steps >= 2 * cpu.batch_size * cpu_steps
     # the deeper preset (the paper's layer counts) with the CPU recipe's adapter learning rate, trained text
@@ -195,7 +194,7 @@ def test_gpu_recipe_is_the_cpu_recipe_scaled():
                                                f"output_dir={cpu.output_dir}"])
     assert cpu.to_dict() == shallow.to_dict()
     script = (SCRIPTS / "train_synthref.sh").read_text()
-    assert "RECIPE=synthref_motionaux CYCLES=2 bash scripts/train_synthref.sh" in script
+    assert "RECIPE=${RECIPE:-synthref_motionaux}" in script and "CYCLES=${CYCLES:-2}" in script
     assert 'CYCLE_ARGS=(optim.max_steps=2000 "optim.lr_steps=[1700]")' in script
 
 
