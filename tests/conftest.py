@@ -8,12 +8,40 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+MAX_WORKERS = 4  # pytest-xdist's `-n auto` (pyproject's addopts): one worker per core, at most this many
+# The files with the longest tests, longest first (about 175, 140, 100, 60 and 45 s of one worker's time with
+# two workers on 2 cores). xdist hands out whole files in collection order: these start first and the
+# short files fill in around them, so that no long file starts last and runs alone.
+LONGEST_FIRST = ("test_scripts.py", "test_onnx.py", "test_onnx_official.py", "test_hostile.py", "test_training.py")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """Workers for ``-n auto``: one per core, at most MAX_WORKERS (each holds its own torch, models and
+    exports in memory)."""
+    return max(1, min(MAX_WORKERS, _cores()))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle, whose order it keeps otherwise
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_configure(config):
     # SSA_RVOS_TEST_THREADS=N runs the whole suite with torch.set_num_threads(N): the results must
-    # not depend on it (the suite is checked at 1 and 2 threads).
+    # not depend on it (the suite is checked at 1 and 2 threads). Otherwise each of pytest-xdist's
+    # workers takes its share of the cores, so that the workers together do not oversubscribe them.
     threads = os.environ.get("SSA_RVOS_TEST_THREADS")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if threads:
         torch.set_num_threads(int(threads))
+    elif workers:
+        torch.set_num_threads(max(1, _cores() // int(workers)))
 
 
 def _process_state() -> dict:
