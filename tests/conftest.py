@@ -9,9 +9,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 MAX_WORKERS = 4  # pytest-xdist's `-n auto` (pyproject's addopts): one worker per core, at most this many
-# The files with the longest tests, longest first (about 175, 140, 100, 60 and 45 s of one worker's time with
-# two workers on 2 cores). xdist hands out whole files in collection order: these start first and the
-# short files fill in around them, so that no long file starts last and runs alone.
+# The files with the longest tests, longest first (150, 135, 85, 45 and 35 s of a worker's time, two workers
+# on a 2-core AVX-512 machine; the next is under 20 s). xdist hands out whole files in collection order:
+# these start first and the short files fill in around them, so that no long file starts last and runs alone.
 LONGEST_FIRST = ("test_scripts.py", "test_onnx.py", "test_onnx_official.py", "test_hostile.py", "test_training.py")
 
 
