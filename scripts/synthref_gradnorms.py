@@ -16,7 +16,6 @@ it with the numbers as JSON to ``--output``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssa_rvos.data.masks import write_json_atomic
 from ssa_rvos.data.synthref import KINDS, render_video, video_name, video_rng
 from ssa_rvos.evaluation.metrics import j_and_f
-from ssa_rvos.data.masks import write_json_atomic
 from ssa_rvos.postprocess import query_masks
 from ssa_rvos.runtime import torch_threads
 

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="the [onnx] extra (CI installs it with
 pytest.importorskip("onnxscript", reason="the [onnx] extra (CI installs it with [dev])")
 
 from ssa_rvos.cli import main  # noqa: E402
-from ssa_rvos.onnx_export import GRAPHS, MANIFEST, _WRAPPERS, example_inputs, export_graph, export_onnx, graph_io  # noqa: E402
+from ssa_rvos.onnx_export import _WRAPPERS, GRAPHS, MANIFEST, example_inputs, export_graph, export_onnx, graph_io  # noqa: E402
 from ssa_rvos.onnx_runtime import OnnxModelError, OnnxSSA, read_manifest, session_options  # noqa: E402
 from ssa_rvos.predictor import SSAPredictor  # noqa: E402
 

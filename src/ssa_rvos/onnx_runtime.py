@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .modeling.clip_backbone import TextFeatures, tokenize
 from .configs import from_dict
+from .modeling.clip_backbone import TextFeatures, tokenize
 from .modeling.config import SSAConfig
 from .modeling.ssa import padded_size, preprocess
 from .modeling.trajectory import match_trajectories

@@ -274,7 +274,8 @@ def _restored_png(data: bytes, header: tuple[int, int, int, int], zng) -> bytes 
     and un-filters the rows: the PNG semantics (filters, interlacing, bit depths) stay libspng's. Each
     chunk's CRC is checked here and the zlib stream's own checksum by the inflate, as libspng would."""
     height, width, depth, colour = header
-    if len(data) < 33 or data[26:28] != b"\0\0" or data[28] not in (0, 1) or zng.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+    if (len(data) < 33 or data[26:28] != b"\0\0" or data[28] not in (0, 1)
+            or zng.crc32(data[12:29]) != int.from_bytes(data[29:33], "big")):
         return None
     channels = {0: 1, 2: 3, 6: 4}[colour]
     if data[28] == 0:
