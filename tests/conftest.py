@@ -32,16 +32,22 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
-def pytest_configure(config):
-    # SSA_RVOS_TEST_THREADS=N runs the whole suite with torch.set_num_threads(N): the results must
-    # not depend on it (the suite is checked at 1 and 2 threads). Otherwise each of pytest-xdist's
-    # workers takes its share of the cores, so that the workers together do not oversubscribe them.
-    threads = os.environ.get("SSA_RVOS_TEST_THREADS")
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+def suite_threads(env) -> int | None:
+    """The torch threads the suite runs at. SSA_RVOS_TEST_THREADS=N: N for the whole suite (the results must
+    not depend on it; the suite is checked at 1 and 2 threads). Else, in a pytest-xdist worker, its share of
+    the cores, so that the workers together do not oversubscribe them. None: torch's default."""
+    threads, workers = env.get("SSA_RVOS_TEST_THREADS"), env.get("PYTEST_XDIST_WORKER_COUNT")
     if threads:
-        torch.set_num_threads(int(threads))
-    elif workers:
-        torch.set_num_threads(max(1, _cores() // int(workers)))
+        return int(threads)
+    if workers:
+        return max(1, _cores() // int(workers))
+    return None
+
+
+def pytest_configure(config):
+    threads = suite_threads(os.environ)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _process_state() -> dict:
